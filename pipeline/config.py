@@ -1,0 +1,154 @@
+"""The params.yaml schema: every knob of every stage, validated before any stage does work.
+
+No field has a default on purpose: every effective value must be written in params.yaml, so that DVC
+tracks it and `dvc params diff` shows it. Unknown keys are errors (a typo must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import PipelineError
+
+DIVERGENCES = ("dikl", "dijs", "difkl")
+
+
+class ParamsError(PipelineError):
+    """params.yaml is unreadable or invalid; the message lists every offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrepareParams(Section):
+    source: Literal["digits", "cifar10", "imagefolder", "synthetic"]
+    path: str | None  # the CIFAR-10 archive or the class-per-folder tree; unused by digits/synthetic
+    resolution: int = Field(ge=4)  # output side in pixels (center crop, then resize)
+    holdout: int = Field(ge=2)  # images held out of training: the real-data floor of FID/FD
+    max_images: int | None = Field(ge=1)  # optional subset (synthetic: the number of images made)
+    on_bad_image: Literal["fail", "skip"]
+
+    @model_validator(mode="after")
+    def _path_given(self) -> PrepareParams:
+        if self.source in ("cifar10", "imagefolder") and not self.path:
+            raise ValueError(f"source '{self.source}' reads local files: set prepare.path to them")
+        if self.source == "synthetic" and self.max_images is None:
+            raise ValueError("source 'synthetic' makes max_images images: set prepare.max_images")
+        return self
+
+
+class EncodeParams(Section):
+    encoder: Literal["identity", "sd-vae"]
+    vae: str  # diffusers AutoencoderKL: a hub id (needs its files in the local cache) or a folder
+    batch_size: int = Field(ge=1)
+
+
+class ReferenceParams(Section):
+    extractor: Literal["auto", "inception", "trained"]  # auto: inception when its weights are present
+    inception_path: str | None  # clean-fid's inception-2015-12-05.pt; null: clean-fid's own cache
+    feature_dim: int = Field(ge=2)  # trained extractor: width of the feature layer
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+
+
+class NetworkParams(Section):
+    channels: int = Field(ge=8)  # base width of the U-Net; level i has channels * channel_mult[i]
+    channel_mult: list[int] = Field(min_length=1)
+    num_blocks: int = Field(ge=1)  # residual blocks per resolution level
+    attn_resolutions: list[int]  # resolutions (pixels) that get a self-attention block
+    dropout: float = Field(ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _widths(self) -> NetworkParams:
+        if self.channels % 8 or any(m < 1 for m in self.channel_mult):
+            raise ValueError("channels must be a multiple of 8 (group norm) and channel_mult >= 1")
+        return self
+
+
+class LoopParams(Section):
+    """What every training stage shares: sizes and durations are counted in images, not steps."""
+
+    batch_size: int = Field(ge=1)
+    duration_images: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    lr_rampup_images: int = Field(ge=0)
+    ema_halflife_images: float = Field(ge=0)
+    log_every_images: int = Field(ge=1)
+    checkpoint_every_images: int = Field(ge=1)
+
+
+class PretrainParams(LoopParams):
+    network: NetworkParams
+    class_conditional: bool
+    sigma_data: float = Field(gt=0)
+    p_mean: float  # ln(sigma) ~ N(p_mean, p_std^2) during training
+    p_std: float = Field(gt=0)
+
+
+class SampleParams(Section):
+    num_samples: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    nfe: int = Field(ge=1)  # Heun: NFE = 2 * steps - 1, so it must be odd
+    sigma_min: float = Field(gt=0)
+    sigma_max: float = Field(gt=0)
+    rho: float = Field(gt=0)
+    grid_rows: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _schedule(self) -> SampleParams:
+        if self.nfe % 2 == 0:
+            raise ValueError(f"nfe must be odd (Heun uses 2 * steps - 1 evaluations), got {self.nfe}")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+
+class FidParams(Section):
+    batch_size: int = Field(ge=1)
+
+
+class Params(Section):
+    seed: int = Field(ge=0)
+    divergence: Literal[DIVERGENCES]  # type: ignore[valid-type]
+    device: Literal["auto", "cpu", "cuda"]
+    prepare: PrepareParams
+    encode: EncodeParams
+    reference: ReferenceParams
+    pretrain: PretrainParams
+    sample: SampleParams
+    fid: FidParams
+
+
+def _describe(error: dict, source: str) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{source}: {key}: missing; every value must be written in {source}"
+    if kind == "extra_forbidden":
+        return f"{source}: {key}: unknown key (a typo, or a key of another section?)"
+    return f"{source}: {key} = {error['input']!r}: {error['msg']}"
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, source) for e in exc.errors()]
+        raise ParamsError("invalid parameters:\n  " + "\n  ".join(lines)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found: run the stage from the repository root") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,182 @@
+"""The one training loop: score pretraining, DiffRatio and the baseline all run through `run_training`.
+
+A task owns its networks, optimisers and EMA copies and knows how to take one optimisation step; the loop
+owns everything else: duration and logging in images (not steps), the learning-rate ramp-up, EMA with a
+half-life in images, periodic checkpoints and automatic resume, the progress bar and the training curves.
+
+Checkpoints hold tensors only (safetensors) and a JSON sidecar with the counters, the curves so far and a
+fingerprint of the params; a checkpoint whose fingerprint differs is discarded instead of resumed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from rich import print
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pipeline.artifacts import atomic_path, read_json, write_json
+from pipeline.config import LoopParams
+
+
+class TrainingTask(Protocol):
+    networks: dict[str, nn.Module]  # trained modules
+    optimizers: dict[str, torch.optim.Optimizer]
+    ema: dict[str, nn.Module]  # EMA copy of networks[name], same architecture
+
+    def step(self, batch_size: int) -> dict[str, torch.Tensor | float]:
+        """One optimisation step on `batch_size` fresh examples; returns scalars to log."""
+
+
+@dataclass
+class LoopState:
+    images: int = 0
+    steps: int = 0
+    curves: list[dict] = field(default_factory=list)
+
+
+def fingerprint(*parts: object) -> str:
+    """A short hash of everything that defines a run (params, input artifacts): resume only on equality."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, batch_size: int, halflife_images: float) -> None:
+    beta = 0.5 ** (batch_size / halflife_images) if halflife_images > 0 else 0.0
+    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
+        p_ema.lerp_(p_net.detach(), 1 - beta)
+    for b_ema, b_net in zip(ema.buffers(), net.buffers()):
+        b_ema.copy_(b_net)
+
+
+def _optimizer_tensors(name: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list]:
+    state = opt.state_dict()
+    tensors = {f"optimizer/{name}/{pid}/{key}": torch.as_tensor(value)
+               for pid, entries in state["state"].items() for key, value in entries.items()}
+    return tensors, state["param_groups"]
+
+
+def _load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list) -> None:
+    state: dict[int, dict] = {}
+    prefix = f"optimizer/{name}/"
+    for key, value in tensors.items():
+        if key.startswith(prefix):
+            pid, entry = key[len(prefix):].split("/", 1)
+            state.setdefault(int(pid), {})[entry] = value
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(directory: Path, task: TrainingTask, state: LoopState, run_id: str) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    groups = {}
+    for name, net in task.networks.items():
+        tensors.update({f"net/{name}/{k}": v for k, v in net.state_dict().items()})
+    for name, net in task.ema.items():
+        tensors.update({f"ema/{name}/{k}": v for k, v in net.state_dict().items()})
+    for name, opt in task.optimizers.items():
+        opt_tensors, groups[name] = _optimizer_tensors(name, opt)
+        tensors.update(opt_tensors)
+    tensors["rng/cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    with atomic_path(directory) as tmp:
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
+        write_json(tmp / "state.json", {"run_id": run_id, "images": state.images, "steps": state.steps,
+                                         "optimizer_groups": groups, "curves": state.curves})
+
+
+def load_checkpoint(directory: Path, task: TrainingTask, run_id: str, device: torch.device) -> LoopState | None:
+    """The saved state if `directory` holds a checkpoint of this very run; a stale one is removed."""
+    meta_path, tensor_path = directory / "state.json", directory / "state.safetensors"
+    if not (meta_path.exists() and tensor_path.exists()):
+        return None
+    meta = read_json(meta_path)
+    if meta.get("run_id") != run_id:
+        print(f"[yellow]discarding checkpoint {directory}: it belongs to other params or inputs")
+        shutil.rmtree(directory)
+        return None
+    tensors = load_file(str(tensor_path), device=str(device))
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    for name, net in task.networks.items():
+        net.load_state_dict(part(f"net/{name}/"))
+    for name, net in task.ema.items():
+        net.load_state_dict(part(f"ema/{name}/"))
+    for name, opt in task.optimizers.items():
+        _load_optimizer(name, opt, tensors, meta["optimizer_groups"][name])
+    torch.set_rng_state(tensors["rng/cpu"].cpu())
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"].cpu())
+    return LoopState(meta["images"], meta["steps"], meta["curves"])
+
+
+def _set_lr(task: TrainingTask, images: int, rampup_images: int) -> None:
+    ramp = min(1.0, images / rampup_images) if rampup_images > 0 else 1.0
+    for opt in task.optimizers.values():
+        for group in opt.param_groups:
+            group.setdefault("base_lr", group["lr"])
+            group["lr"] = group["base_lr"] * ramp
+
+
+def progress_bar() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+
+
+def run_training(task: TrainingTask, loop: LoopParams, checkpoint_dir: str | Path, run_id: str, device: torch.device,
+                 description: str, on_finish: Callable[[LoopState], None], seed: int) -> LoopState:
+    """Train until `loop.duration_images`, resuming from `checkpoint_dir` when it holds this run's state.
+
+    `on_finish` writes the stage's outputs; the checkpoint is removed only after it returns.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    for opt in task.optimizers.values():  # remember the configured rates before any ramp-up
+        for group in opt.param_groups:
+            group.setdefault("base_lr", group["lr"])
+    torch.manual_seed(seed)
+    state = load_checkpoint(checkpoint_dir, task, run_id, device) or LoopState()
+    if state.images:
+        print(f"resuming {description} from its checkpoint at {state.images:,} images")
+    next_log = state.images + loop.log_every_images
+    next_checkpoint = state.images + loop.checkpoint_every_images
+    sums: dict[str, float] = {}
+    count = 0
+    with progress_bar() as bar:
+        bar_task = bar.add_task(description, total=loop.duration_images, completed=state.images, status="")
+        while state.images < loop.duration_images:
+            _set_lr(task, state.images, loop.lr_rampup_images)
+            logs = task.step(loop.batch_size)
+            state.images += loop.batch_size
+            state.steps += 1
+            for name, net in task.networks.items():
+                if name in task.ema:
+                    update_ema(task.ema[name], net, loop.batch_size, loop.ema_halflife_images)
+            for key, value in logs.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            count += 1
+            if state.images >= next_log or state.images >= loop.duration_images:
+                row = {"images": state.images, "step": state.steps, **{k: v / count for k, v in sums.items()}}
+                state.curves.append(row)
+                sums, count = {}, 0
+                next_log += loop.log_every_images
+                bar.update(bar_task, status=" ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("images", "step")))
+            if state.images >= next_checkpoint and state.images < loop.duration_images:
+                save_checkpoint(checkpoint_dir, task, state, run_id)
+                next_checkpoint += loop.checkpoint_every_images
+            bar.update(bar_task, completed=min(state.images, loop.duration_images))
+    on_finish(state)
+    if checkpoint_dir.exists():
+        shutil.rmtree(checkpoint_dir)
+    return state
