@@ -74,7 +74,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     """The CIFAR archive is pickled: allow only the plain containers and numpy arrays it holds."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol 2
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:

@@ -70,7 +70,7 @@ class VAEEncoder:
     @torch.no_grad()
     def encode(self, images: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         dist = self.vae.encode(_to_nchw_float(images, device) / 255).latent_dist
-        return {"mean": dist.mean.half(), "std": dist.std.half()}
+        return {"mean": dist.mean.half().contiguous(), "std": dist.std.half().contiguous()}
 
     def finish(self, stored: dict[str, torch.Tensor]) -> dict:
         mean, std = stored["mean"].float(), stored["std"].float()

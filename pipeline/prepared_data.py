@@ -76,16 +76,11 @@ def write_prepared(out_dir: str | Path, p: PrepareParams, seed: int,
                 images[row], good[row] = image, True
             progress(1)
         images.flush()
-        if skipped:  # compact the memory map: rare path, done in chunks
-            kept = np.flatnonzero(good)
-            compact = np.lib.format.open_memmap(tmp / "images.tmp.npy", "w+", np.uint8, (len(kept), *shape[1:]))
-            for start in range(0, len(kept), 4096):
-                compact[start : start + 4096] = images[kept[start : start + 4096]]
-            compact.flush()
-            del images, compact
-            (tmp / "images.tmp.npy").replace(tmp / "images.npy")
-            indices, split = indices[kept], split[kept]
         del images
+        if skipped:
+            kept = np.flatnonzero(good)
+            _compact(tmp / "images.npy", kept)
+            indices, split = indices[kept], split[kept]
         labels = listing.labels[indices].astype(np.int64)
         np.save(tmp / "labels.npy", labels)
         np.save(tmp / "split.npy", split)
@@ -100,6 +95,18 @@ def write_prepared(out_dir: str | Path, p: PrepareParams, seed: int,
         }
         write_json(tmp / "manifest.json", manifest)
     return manifest
+
+
+def _compact(path: Path, kept: np.ndarray, chunk: int = 4096) -> None:
+    """Rewrite the memory-mapped array at `path` with only the rows `kept` (the rare skip path)."""
+    source = np.load(path, mmap_mode="r")
+    target_path = path.with_name("compact.npy")
+    target = np.lib.format.open_memmap(target_path, "w+", np.uint8, (len(kept), *source.shape[1:]))
+    for start in range(0, len(kept), chunk):
+        target[start : start + chunk] = source[kept[start : start + chunk]]
+    target.flush()
+    del source, target
+    target_path.replace(path)
 
 
 @dataclass

@@ -1,0 +1,99 @@
+"""End to end: the real `dvc repro` on tiny params in a temporary copy of the repository, an interrupted
+stage resumed by the next `dvc repro`, and an experiment compared with `dvc metrics diff`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "prepare": {"holdout": 100},
+    "reference": {"feature_dim": 16, "epochs": 3},
+    "pretrain": {"network": {"channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [],
+                             "dropout": 0.0},
+                 "batch_size": 64, "duration_images": 12800, "lr_rampup_images": 1000, "ema_halflife_images": 2000,
+                 "log_every_images": 640, "checkpoint_every_images": 640},
+    "sample": {"num_samples": 100, "batch_size": 100, "nfe": 9},
+}
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    return params
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git + DVC repository holding the project's tracked files (not data/ or metrics/ outputs)."""
+    dest = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if name.startswith(("metrics/", "tests/")) or name == "dvc.lock":
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_bytes((ROOT / name).read_bytes())
+    (dest / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(dest, "git", "init", "-q")
+    run(dest, "git", "add", "-A")
+    run(dest, "git", "commit", "-qm", "tiny pipeline")
+    return dest
+
+
+def env() -> dict:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com", "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.com", "DVC_NO_ANALYTICS": "1"}
+
+
+def run(cwd: Path, *cmd: str) -> str:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env())
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def test_dvc_repro_runs_the_whole_pipeline(repo):
+    run(repo, "dvc", "repro", "encode", "reference")
+    # Kill the pretrain stage once it has written a checkpoint: the next `dvc repro` must resume it.
+    proc = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=repo, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = repo / "data/checkpoints/pretrain/state.json"
+    deadline = time.time() + 300
+    while not state.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "pretrain finished or failed before its first checkpoint"
+    assert not (repo / "data/pretrain").exists()  # nothing half-written where the output goes
+
+    output = run(repo, "dvc", "repro")
+    assert "resuming pretrain from its checkpoint" in output
+    assert not (repo / "data/checkpoints/pretrain").exists()
+
+    metrics = json.loads((repo / "metrics/fid.json").read_text())
+    assert metrics["metric"] == "fd_trained" and metrics["extractor"] == "trained"
+    assert metrics["teacher"]["nfe"] == 9 and metrics["teacher"]["num_samples"] == 100
+    assert metrics["teacher"]["fd_trained"] > 0 and metrics["real_floor"]["fd_trained"] > 0
+    assert (repo / "metrics/grids/teacher.png").stat().st_size > 0
+    assert "fd_trained" in run(repo, "dvc", "metrics", "show")
+    assert "up to date" in run(repo, "dvc", "status")
+
+
+def test_experiment_and_metrics_diff(repo):
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", "baseline run")
+    output = run(repo, "dvc", "exp", "run", "-S", "sample.nfe=5")
+    assert "Running stage 'pretrain'" not in output  # only sample and fid depend on sample.nfe
+    diff = run(repo, "dvc", "metrics", "diff")
+    assert "teacher.nfe" in diff and "9" in diff and "5" in diff
