@@ -12,9 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.divergences import DIVERGENCES
 from pipeline.errors import PipelineError
-
-DIVERGENCES = ("dikl", "dijs", "difkl")
 
 
 class ParamsError(PipelineError):
@@ -76,7 +75,6 @@ class LoopParams(Section):
 
     batch_size: int = Field(ge=1)
     duration_images: int = Field(ge=1)
-    lr: float = Field(gt=0)
     lr_rampup_images: int = Field(ge=0)
     ema_halflife_images: float = Field(ge=0)
     log_every_images: int = Field(ge=1)
@@ -85,10 +83,46 @@ class LoopParams(Section):
 
 class PretrainParams(LoopParams):
     network: NetworkParams
+    lr: float = Field(gt=0)
     class_conditional: bool
     sigma_data: float = Field(gt=0)
     p_mean: float  # ln(sigma) ~ N(p_mean, p_std^2) during training
     p_std: float = Field(gt=0)
+
+
+class NoiseParams(Section):
+    """A distribution of noise levels: EDM's log-normal, or uniform in rho-space (the Heun schedule's
+    spacing); either way confined to [sigma_min, sigma_max]."""
+
+    distribution: Literal["lognormal", "uniform_rho"]
+    p_mean: float  # lognormal: ln(sigma) ~ N(p_mean, p_std^2), clipped to the range
+    p_std: float = Field(gt=0)
+    sigma_min: float = Field(gt=0)
+    sigma_max: float = Field(gt=0)
+    rho: float = Field(gt=0)  # uniform_rho: sigma = (smin^(1/rho) + u (smax^(1/rho) - smin^(1/rho)))^rho
+
+    @model_validator(mode="after")
+    def _range(self) -> NoiseParams:
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError("sigma_min must be below sigma_max")
+        return self
+
+
+class TrainParams(LoopParams):
+    """DiffRatio: a one-step generator G(z) = D(t_init z; t_init) and a noise-conditioned ratio net."""
+
+    t_init: float = Field(gt=0)
+    ratio_steps: int = Field(ge=1)  # ratio-net updates per generator update
+    weighting: Literal["s2", "uniform", "normalized"]  # w(s) of the generator loss
+    logit_clamp: float = Field(gt=0)  # |d| bound inside h (difkl's exp(-d))
+    ratio_noise: NoiseParams
+    generator_noise: NoiseParams
+    generator_lr: float = Field(gt=0)
+    ratio_lr: float = Field(gt=0)
+    generator_betas: tuple[float, float]
+    ratio_betas: tuple[float, float]
+    diagnostic_levels: int = Field(ge=2)  # noise levels (log-spaced over ratio_noise's range) in the final report
+    diagnostic_samples: int = Field(ge=2)  # real and generated samples per level
 
 
 class SampleParams(Section):
@@ -115,12 +149,13 @@ class FidParams(Section):
 
 class Params(Section):
     seed: int = Field(ge=0)
-    divergence: Literal[DIVERGENCES]  # type: ignore[valid-type]
+    divergence: Literal[tuple(DIVERGENCES)]  # type: ignore[valid-type]
     device: Literal["auto", "cpu", "cuda"]
     prepare: PrepareParams
     encode: EncodeParams
     reference: ReferenceParams
     pretrain: PretrainParams
+    train: TrainParams
     sample: SampleParams
     fid: FidParams
 

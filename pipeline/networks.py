@@ -17,7 +17,7 @@ from pipeline.config import NetworkParams
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+    return nn.GroupNorm(math.gcd(32, channels // 4), channels, eps=1e-6)  # >= 4 channels per group
 
 
 def _zero(module: nn.Module) -> nn.Module:

@@ -22,6 +22,11 @@ class TrainingData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one training example in model space."""
+        return tuple(next(iter(self.stored.values())).shape[1:])
+
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, len(self), (batch_size,)).to(self.device)
         return self.encoder.to_training({k: v[idx] for k, v in self.stored.items()}), self.labels[idx]

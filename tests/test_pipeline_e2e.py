@@ -23,6 +23,8 @@ TINY = {
                              "dropout": 0.0},
                  "batch_size": 64, "duration_images": 12800, "lr_rampup_images": 1000, "ema_halflife_images": 2000,
                  "log_every_images": 640, "checkpoint_every_images": 640},
+    "train": {"batch_size": 32, "duration_images": 4800, "log_every_images": 640, "checkpoint_every_images": 1600,
+              "ema_halflife_images": 500, "diagnostic_levels": 4, "diagnostic_samples": 32},
     "sample": {"num_samples": 100, "batch_size": 100, "nfe": 9},
 }
 
@@ -84,16 +86,23 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
     metrics = json.loads((repo / "metrics/fid.json").read_text())
     assert metrics["metric"] == "fd_trained" and metrics["extractor"] == "trained"
     assert metrics["teacher"]["nfe"] == 9 and metrics["teacher"]["num_samples"] == 100
+    assert metrics["generator"]["nfe"] == metrics["generator_init"]["nfe"] == 1
     assert metrics["teacher"]["fd_trained"] > 0 and metrics["real_floor"]["fd_trained"] > 0
-    assert (repo / "metrics/grids/teacher.png").stat().st_size > 0
+    # A short seeded DiffRatio run improves on the generator it starts from by a clear margin.
+    assert metrics["generator"]["fd_trained"] < 0.7 * metrics["generator_init"]["fd_trained"]
+    for grid in ("teacher", "generator_init", "generator"):
+        assert (repo / f"metrics/grids/{grid}.png").stat().st_size > 0
     assert "fd_trained" in run(repo, "dvc", "metrics", "show")
     assert "up to date" in run(repo, "dvc", "status")
 
 
-def test_experiment_and_metrics_diff(repo):
+def test_divergence_experiment_and_metrics_diff(repo):
     run(repo, "git", "add", "-A")
-    run(repo, "git", "commit", "-qm", "baseline run")
-    output = run(repo, "dvc", "exp", "run", "-S", "sample.nfe=5")
-    assert "Running stage 'pretrain'" not in output  # only sample and fid depend on sample.nfe
+    run(repo, "git", "commit", "-qm", "baseline run (dijs)")
+    output = run(repo, "dvc", "exp", "run", "-S", "divergence=dikl")
+    assert "Running stage 'train'" in output and "Running stage 'pretrain'" not in output
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["divergence"] == "dikl"
     diff = run(repo, "dvc", "metrics", "diff")
-    assert "teacher.nfe" in diff and "9" in diff and "5" in diff
+    assert "generator.fd_trained" in diff and "teacher.fd_trained" not in diff  # the teacher did not change
+    assert "divergence" in run(repo, "dvc", "exp", "show", "--no-pager")

@@ -10,7 +10,7 @@ from pipeline.artifacts import atomic_path
 from pipeline.config import LoopParams
 from pipeline.training_loop import run_training, update_ema
 
-LOOP = LoopParams(batch_size=8, duration_images=8 * 40, lr=0.05, lr_rampup_images=80, ema_halflife_images=40,
+LOOP = LoopParams(batch_size=8, duration_images=8 * 40, lr_rampup_images=80, ema_halflife_images=40,
                   log_every_images=8 * 5, checkpoint_every_images=8 * 10)
 
 
@@ -26,7 +26,7 @@ class RegressionTask:
         net = nn.Linear(1, 1)
         self.networks = {"net": net}
         self.ema = {"net": copy.deepcopy(net).requires_grad_(False)}
-        self.optimizers = {"net": torch.optim.Adam(net.parameters(), lr=LOOP.lr)}
+        self.optimizers = {"net": torch.optim.Adam(net.parameters(), lr=0.05)}
         self.steps, self.fail_at_step = 0, fail_at_step
 
     def step(self, batch_size):

@@ -1,0 +1,52 @@
+"""DiffRatio's two losses.
+
+Ratio net (balanced logistic regression, generator output detached), one noise level per real/fake pair:
+    L_phi = E_s E[ softplus(-d(G(z) + s eps, s)) + softplus(d(x0 + s eps', s)) ]
+whose optimum is d* = log q_s - log p_s, so grad_x d* = grad log q_s - grad log p_s.
+
+Generator surrogate (phi frozen, weight stop-gradiented; one backward pass through d into G):
+    L_G = E[ w(s) * stopgrad(h(exp(-d(x_s, s)))) * d(x_s, s) ],   x_s = G(z) + s eps
+whose gradient is E[w h(r) grad_x d . dx_s/dtheta], the gradient of E_s w(s) D_f(p_s || q_s).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from pipeline.divergences import Divergence
+
+
+def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,
+               sigma: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean loss and per-sample logits (d_fake, d_real) for diagnostics."""
+    s = sigma.view(-1, *([1] * (x_fake.dim() - 1)))
+    d_fake = ratio(x_fake.detach() + s * torch.randn_like(x_fake), sigma, labels)
+    d_real = ratio(x_real + s * torch.randn_like(x_real), sigma, labels)
+    loss = (F.softplus(-d_fake) + F.softplus(d_real)).mean()
+    return loss, {"d_fake": d_fake.detach(), "d_real": d_real.detach()}
+
+
+def noise_weight(sigma: torch.Tensor, weighting: str) -> torch.Tensor:
+    """w(s): s^2 matches the x0-space weighting of VSD/DMD; `normalized` starts from s^2 and is rescaled
+    per sample in generator_loss."""
+    return torch.ones_like(sigma) if weighting == "uniform" else sigma**2
+
+
+def generator_loss(ratio, x_gen: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
+                   divergence: Divergence, weighting: str, logit_clamp: float,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The surrogate L_G (the mean of the per-sample `terms`); `ratio` must be frozen. Also returns, per
+    sample, the logit d, the weights w and h, and the noisy input x_s (whose .grad after backward is the
+    x-space update). `noise` defaults to fresh N(0, I)."""
+    s = sigma.view(-1, *([1] * (x_gen.dim() - 1)))
+    x_s = x_gen + s * (torch.randn_like(x_gen) if noise is None else noise)
+    x_s.retain_grad()
+    d = ratio(x_s, sigma, labels)
+    h = divergence.h_of_logit(d.detach(), logit_clamp)
+    w = noise_weight(sigma, weighting)
+    if weighting == "normalized":  # unit mean |x-space update| per sample, whatever its noise level
+        (grad,) = torch.autograd.grad(d.sum(), x_s, retain_graph=True)
+        w = 1 / (h * grad.flatten(1).abs().mean(1)).clamp_min(1e-12)
+    terms = w.detach() * h * d
+    return terms.mean(), {"terms": terms, "d": d, "h": h, "w": w.detach(), "x_s": x_s}

@@ -1,0 +1,83 @@
+"""The DiffRatio task in the shared loop: the ratio net's shape and size, and bit-exact resume."""
+
+import pytest
+import torch
+
+from pipeline.config import load_params
+from pipeline.diffratio import DiffRatioTraining
+from pipeline.divergences import DIVERGENCES
+from pipeline.encoders import IdentityEncoder
+from pipeline.generator import OneStepGenerator
+from pipeline.models import build_denoiser, denoiser_config
+from pipeline.networks import count_parameters
+from pipeline.pretraining import TrainingData
+from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
+from pipeline.training_loop import run_training
+from tests.conftest import ROOT
+
+PARAMS = load_params(ROOT / "params.yaml")
+TINY_NET = PARAMS.pretrain.network.model_copy(update={"channels": 8})
+
+
+def score_net(num_classes=10):
+    torch.manual_seed(0)
+    config = denoiser_config(TINY_NET, 8, 1, num_classes, 0.5)
+    return build_denoiser(config), config
+
+
+def test_ratio_net_is_the_score_encoder_with_a_zero_head():
+    score, config = score_net()
+    ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
+    x, sigma, labels = torch.randn(4, 1, 8, 8), torch.rand(4) + 0.1, torch.arange(4)
+    assert torch.equal(ratio(x, sigma, labels), torch.zeros(4))  # d = 0 until trained
+    for name, value in score.backbone.encoder.state_dict().items():
+        assert torch.equal(ratio.encoder.state_dict()[name], value)
+
+
+def test_default_ratio_net_is_lightweight():
+    config = denoiser_config(PARAMS.pretrain.network, 8, 1, 10, 0.5)
+    ratio = build_ratio_net(ratio_config(config))
+    assert count_parameters(ratio) <= 0.6 * count_parameters(build_denoiser(config))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def make_task(fail_at_step=None):
+    score, config = score_net()
+    train = PARAMS.train.model_copy(update={"batch_size": 8, "duration_images": 8 * 6, "log_every_images": 16,
+                                            "checkpoint_every_images": 24, "diagnostic_samples": 4,
+                                            "diagnostic_levels": 2})
+    ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
+    generator = OneStepGenerator(score, train.t_init).requires_grad_(True)
+    torch.manual_seed(1)
+    data = TrainingData(IdentityEncoder(), {"x": torch.rand(32, 1, 8, 8) * 2 - 1}, torch.arange(32) % 10,
+                        torch.device("cpu"))
+    task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True)
+    step, calls = task.step, []
+
+    def counted(batch_size):
+        calls.append(batch_size)
+        if len(calls) == fail_at_step:
+            raise Interrupted
+        return step(batch_size)
+    task.step = counted
+    return task, train, calls
+
+
+def test_interrupted_training_resumes_bit_exactly(tmp_path):
+    reference, train, _ = make_task()
+    run_training(reference, train, tmp_path / "a", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
+    interrupted, _, _ = make_task(fail_at_step=5)
+    with pytest.raises(Interrupted):
+        run_training(interrupted, train, tmp_path / "b", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
+    resumed, _, calls = make_task()
+    run_training(resumed, train, tmp_path / "b", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
+    assert len(calls) == 3  # resumed after the checkpoint at step 3
+    for kind, name in (("networks", "generator"), ("networks", "ratio"), ("ema", "generator")):
+        expected = getattr(reference, kind)[name].state_dict()
+        for key, value in getattr(resumed, kind)[name].state_dict().items():
+            assert torch.equal(value, expected[key]), f"{kind}/{name}/{key}"
+    rows = resumed.diagnose()
+    assert [set(r) for r in rows][0] >= {"sigma", "acc_real", "acc_fake", "d_real", "d_fake", "h_mean", "update_norm"}
