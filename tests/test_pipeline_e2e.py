@@ -16,16 +16,13 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "prepare": {"holdout": 100},
-    "reference": {"feature_dim": 16, "epochs": 3},
-    "pretrain": {"network": {"channels": 16, "channel_mult": [1, 2], "num_blocks": 1, "attn_resolutions": [],
-                             "dropout": 0.0},
-                 "batch_size": 64, "duration_images": 12800, "lr_rampup_images": 1000, "ema_halflife_images": 2000,
-                 "log_every_images": 640, "checkpoint_every_images": 640},
-    "train": {"batch_size": 32, "duration_images": 4800, "log_every_images": 640, "checkpoint_every_images": 1600,
-              "ema_halflife_images": 500, "diagnostic_levels": 4, "diagnostic_samples": 32},
-    "sample": {"num_samples": 100, "batch_size": 100, "nfe": 9},
+TINY = {  # the default networks, trained briefly: about two minutes for the whole `dvc repro`
+    "prepare": {"holdout": 200},
+    "pretrain": {"batch_size": 128, "duration_images": 40960, "lr_rampup_images": 5000, "ema_halflife_images": 8000,
+                 "log_every_images": 2560, "checkpoint_every_images": 2560},
+    "train": {"batch_size": 64, "duration_images": 12800, "log_every_images": 1280, "checkpoint_every_images": 6400,
+              "ema_halflife_images": 2000, "diagnostic_levels": 4, "diagnostic_samples": 64},
+    "sample": {"num_samples": 200, "batch_size": 200, "nfe": 9},
 }
 
 
@@ -85,11 +82,11 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
 
     metrics = json.loads((repo / "metrics/fid.json").read_text())
     assert metrics["metric"] == "fd_trained" and metrics["extractor"] == "trained"
-    assert metrics["teacher"]["nfe"] == 9 and metrics["teacher"]["num_samples"] == 100
+    assert metrics["teacher"]["nfe"] == 9 and metrics["teacher"]["num_samples"] == 200
     assert metrics["generator"]["nfe"] == metrics["generator_init"]["nfe"] == 1
     assert metrics["teacher"]["fd_trained"] > 0 and metrics["real_floor"]["fd_trained"] > 0
-    # A short seeded DiffRatio run improves on the generator it starts from by a clear margin.
-    assert metrics["generator"]["fd_trained"] < 0.7 * metrics["generator_init"]["fd_trained"]
+    # A short seeded DiffRatio run at least halves the FD of the generator it starts from (measured: 3.7x).
+    assert metrics["generator"]["fd_trained"] < 0.5 * metrics["generator_init"]["fd_trained"]
     for grid in ("teacher", "generator_init", "generator"):
         assert (repo / f"metrics/grids/{grid}.png").stat().st_size > 0
     assert "fd_trained" in run(repo, "dvc", "metrics", "show")
@@ -97,6 +94,7 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
 
 
 def test_divergence_experiment_and_metrics_diff(repo):
+    run(repo, "dvc", "repro")  # a no-op after the test above
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline run (dijs)")
     output = run(repo, "dvc", "exp", "run", "-S", "divergence=dikl")
@@ -105,4 +103,4 @@ def test_divergence_experiment_and_metrics_diff(repo):
     assert train["divergence"] == "dikl"
     diff = run(repo, "dvc", "metrics", "diff")
     assert "generator.fd_trained" in diff and "teacher.fd_trained" not in diff  # the teacher did not change
-    assert "divergence" in run(repo, "dvc", "exp", "show", "--no-pager")
+    assert "divergence" in run(repo, "dvc", "exp", "show", "--csv").splitlines()[0]
