@@ -11,7 +11,7 @@ from pipeline.generator import OneStepGenerator
 from pipeline.models import build_denoiser, denoiser_config
 from pipeline.networks import count_parameters
 from pipeline.pretraining import TrainingData
-from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
+from pipeline.ratio_net import build_ratio_net, init_from_score, load_ratio_net, ratio_config, save_ratio_net
 from pipeline.training_loop import run_training
 from tests.conftest import ROOT
 
@@ -32,6 +32,17 @@ def test_ratio_net_is_the_score_encoder_with_a_zero_head():
     assert torch.equal(ratio(x, sigma, labels), torch.zeros(4))  # d = 0 until trained
     for name, value in score.backbone.encoder.state_dict().items():
         assert torch.equal(ratio.encoder.state_dict()[name], value)
+
+
+def test_ratio_net_artifact_round_trip(tmp_path):
+    score, config = score_net()
+    ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
+    torch.nn.init.normal_(ratio.head.weight)
+    save_ratio_net(tmp_path / "ratio", ratio, ratio_config(config))
+    loaded, loaded_config = load_ratio_net(tmp_path / "ratio", torch.device("cpu"))
+    assert loaded_config == ratio_config(config)
+    x, sigma, labels = torch.randn(3, 1, 8, 8), torch.rand(3) + 0.1, torch.arange(3)
+    assert torch.equal(loaded(x, sigma, labels), ratio(x, sigma, labels))
 
 
 def test_default_ratio_net_is_lightweight():
