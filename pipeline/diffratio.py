@@ -15,7 +15,7 @@ from pipeline.config import TrainParams
 from pipeline.divergences import Divergence
 from pipeline.generator import OneStepGenerator
 from pipeline.noise_levels import sample_noise_levels
-from pipeline.pretraining import TrainingData
+from pipeline.training_data import TrainingData
 from pipeline.ratio_losses import generator_loss, ratio_loss
 from pipeline.ratio_net import RatioNet
 

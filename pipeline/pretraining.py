@@ -8,28 +8,7 @@ import torch
 
 from pipeline.config import PretrainParams
 from pipeline.preconditioning import Denoiser, edm_loss
-
-
-class TrainingData:
-    """The encoded training set on the device; draws random batches in model space."""
-
-    def __init__(self, encoder, stored: dict[str, torch.Tensor], labels: torch.Tensor, device: torch.device):
-        self.encoder = encoder
-        self.stored = {k: v.to(device) for k, v in stored.items()}
-        self.labels = labels.to(device)
-        self.device = device
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def sample_shape(self) -> tuple[int, ...]:
-        """(C, H, W) of one training example in model space."""
-        return tuple(next(iter(self.stored.values())).shape[1:])
-
-    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(self), (batch_size,)).to(self.device)
-        return self.encoder.to_training({k: v[idx] for k, v in self.stored.items()}), self.labels[idx]
+from pipeline.training_data import TrainingData
 
 
 class ScorePretraining:

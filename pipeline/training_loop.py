@@ -126,7 +126,6 @@ def _set_lr(task: TrainingTask, images: int, rampup_images: int) -> None:
     ramp = min(1.0, images / rampup_images) if rampup_images > 0 else 1.0
     for opt in task.optimizers.values():
         for group in opt.param_groups:
-            group.setdefault("base_lr", group["lr"])
             group["lr"] = group["base_lr"] * ramp
 
 
