@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,18 @@ def load_weights(path: str | Path, produced_by: str | None = None) -> tuple[dict
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
         raise PipelineError(f"{path}.safetensors is unreadable ({exc}): delete it and rerun `dvc repro`") from None
     return tensors, config
+
+
+def load_module(path: str | Path, build: Callable[[dict], torch.nn.Module], device: torch.device,
+                produced_by: str) -> tuple[torch.nn.Module, dict]:
+    """Rebuild a network from its JSON config with `build` and load its weights, frozen, for inference."""
+    tensors, config = load_weights(path, produced_by)
+    net = build(config)
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as exc:
+        raise PipelineError(f"{path}: weights do not match their config ({exc}): rerun `dvc repro {produced_by}`") from None
+    return net.to(device).eval().requires_grad_(False), config
 
 
 def save_arrays(path: str | Path, **arrays: np.ndarray) -> None:

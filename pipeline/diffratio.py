@@ -15,9 +15,9 @@ from pipeline.config import TrainParams
 from pipeline.divergences import Divergence
 from pipeline.generator import OneStepGenerator
 from pipeline.noise_levels import sample_noise_levels
-from pipeline.training_data import TrainingData
 from pipeline.ratio_losses import generator_loss, ratio_loss
 from pipeline.ratio_net import RatioNet
+from pipeline.training_data import TrainingData
 
 
 def grad_norm(module: torch.nn.Module) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 from cleanfid import fid as cleanfid
 from cleanfid.resize import build_resizer
 
-from pipeline.artifacts import atomic_path, load_arrays, load_weights, read_json, require, save_arrays, save_weights, write_json
+from pipeline.artifacts import atomic_path, load_arrays, load_module, read_json, require, save_arrays, save_weights, write_json
 from pipeline.config import ReferenceParams
 from pipeline.errors import PipelineError
 from pipeline.feature_net import FeatureNet, to_input
@@ -106,10 +106,8 @@ def load_reference(path: str | Path, device: torch.device) -> tuple[Extractor, t
     info = read_json(require(path / "reference.json", "reference"))
     stats = load_arrays(path / "stats.npz", "reference")
     if info["extractor"] == "trained":
-        tensors, config = load_weights(path / "extractor", "reference")
-        net = FeatureNet(**config).to(device)
-        net.load_state_dict(tensors)
-        extractor = Extractor("trained", net.eval().requires_grad_(False).features, device)
+        net, _ = load_module(path / "extractor", lambda config: FeatureNet(**config), device, "reference")
+        extractor = Extractor("trained", net.features, device)
     else:
         weights = find_inception(info["inception_path"])
         if weights is None:

@@ -11,8 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.artifacts import load_weights, save_weights
-from pipeline.errors import PipelineError
+from pipeline.artifacts import load_module, save_weights
 from pipeline.models import build_denoiser
 from pipeline.preconditioning import Denoiser
 
@@ -35,10 +34,5 @@ def save_generator(path: str | Path, net: OneStepGenerator, config: dict) -> Non
 
 
 def load_generator(path: str | Path, device: torch.device) -> tuple[OneStepGenerator, dict]:
-    tensors, config = load_weights(path, "train")
-    denoiser = build_denoiser(config["denoiser"])
-    try:
-        denoiser.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise PipelineError(f"{path}: weights do not match their config ({exc}): rerun `dvc repro train`") from None
-    return OneStepGenerator(denoiser, config["t_init"]).to(device).eval().requires_grad_(False), config
+    denoiser, config = load_module(path, lambda c: build_denoiser(c["denoiser"]), device, "train")
+    return OneStepGenerator(denoiser, config["t_init"]), config

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
-from pipeline.artifacts import load_weights, save_weights
+from pipeline.artifacts import load_module, save_weights
 from pipeline.config import NetworkParams
-from pipeline.errors import PipelineError
 from pipeline.networks import UNet
 from pipeline.preconditioning import Denoiser
 
@@ -29,10 +28,4 @@ def save_denoiser(path: str | Path, net: Denoiser, config: dict) -> None:
 
 
 def load_denoiser(path: str | Path, device: torch.device, produced_by: str) -> tuple[Denoiser, dict]:
-    tensors, config = load_weights(path, produced_by)
-    net = build_denoiser(config)
-    try:
-        net.load_state_dict(tensors)
-    except RuntimeError as exc:
-        raise PipelineError(f"{path}: weights do not match their config ({exc}): rerun `dvc repro {produced_by}`") from None
-    return net.to(device).eval().requires_grad_(False), config
+    return load_module(path, build_denoiser, device, produced_by)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.artifacts import load_weights, save_weights
+from pipeline.artifacts import load_module, save_weights
 from pipeline.config import NetworkParams
 from pipeline.networks import UNetEncoder
 from pipeline.preconditioning import Denoiser, edm_coefficients
@@ -63,7 +63,4 @@ def save_ratio_net(path: str | Path, net: RatioNet, config: dict) -> None:
 
 
 def load_ratio_net(path: str | Path, device: torch.device) -> tuple[RatioNet, dict]:
-    tensors, config = load_weights(path, "train")
-    net = build_ratio_net(config)
-    net.load_state_dict(tensors)
-    return net.to(device).eval().requires_grad_(False), config
+    return load_module(path, build_ratio_net, device, "train")

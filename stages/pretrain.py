@@ -13,8 +13,8 @@ from pipeline.encoders import load_encoded
 from pipeline.models import build_denoiser, denoiser_config, save_denoiser
 from pipeline.networks import count_parameters
 from pipeline.pretraining import ScorePretraining
-from pipeline.training_data import TrainingData
 from pipeline.stage import console, pick_device, run_stage
+from pipeline.training_data import TrainingData
 from pipeline.training_loop import fingerprint, run_training
 
 OUT, CHECKPOINT = "data/pretrain", "data/checkpoints/pretrain"

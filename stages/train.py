@@ -17,9 +17,9 @@ from pipeline.encoders import load_encoded
 from pipeline.generator import OneStepGenerator, generator_config, save_generator
 from pipeline.models import load_denoiser
 from pipeline.networks import count_parameters
-from pipeline.training_data import TrainingData
 from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config, save_ratio_net
 from pipeline.stage import console, pick_device, run_stage
+from pipeline.training_data import TrainingData
 from pipeline.training_loop import fingerprint, run_training
 
 OUT, CHECKPOINT = "data/train", "data/checkpoints/train"

@@ -10,8 +10,8 @@ from pipeline.encoders import IdentityEncoder
 from pipeline.generator import OneStepGenerator
 from pipeline.models import build_denoiser, denoiser_config
 from pipeline.networks import count_parameters
-from pipeline.training_data import TrainingData
 from pipeline.ratio_net import build_ratio_net, init_from_score, load_ratio_net, ratio_config, save_ratio_net
+from pipeline.training_data import TrainingData
 from pipeline.training_loop import run_training
 from tests.conftest import ROOT
 
