@@ -109,10 +109,13 @@ class NoiseParams(Section):
 
 
 class TrainParams(LoopParams):
-    """DiffRatio: a one-step generator G(z) = D(t_init z; t_init) and a noise-conditioned ratio net."""
+    """Stage 2: a one-step generator G(z) = D(t_init z; t_init) and its auxiliary network (the ratio net for
+    DiffRatio, the fake score net for the vsd baseline; the `ratio_*` knobs drive whichever it is)."""
 
+    seed: int = Field(ge=0)  # stage-2 randomness only: runs with the same teacher differ only by this
+    init: Literal["teacher", "random"]  # the generator's starting weights: a copy of the score net, or fresh
     t_init: float = Field(gt=0)
-    ratio_steps: int = Field(ge=1)  # ratio-net updates per generator update
+    ratio_steps: int = Field(ge=1)  # auxiliary-net updates per generator update
     weighting: Literal["s2", "uniform", "normalized"]  # w(s) of the generator loss
     logit_clamp: float = Field(gt=0)  # |d| bound inside h (difkl's exp(-d))
     ratio_noise: NoiseParams
@@ -147,8 +150,50 @@ class FidParams(Section):
     batch_size: int = Field(ge=1)
 
 
+class ScaleParams(Section):
+    """Inference-time scaling: N candidates per output, one picked by the ratio net (see pipeline/scaling.py)."""
+
+    num_candidates: list[int] = Field(min_length=1)  # the values of N to evaluate, 1 first
+    tau: float = Field(ge=0)  # resampling temperature: 1 = importance resampling toward p, 0 = best-of-N
+    sigma_eval: float = Field(gt=0)  # the noise level the ratio net scores candidates at
+    batch_size: int = Field(ge=1)  # outputs per batch (each batch evaluates N candidates per output)
+
+    @model_validator(mode="after")
+    def _candidates(self) -> ScaleParams:
+        n = self.num_candidates
+        if n[0] != 1 or any(b <= a for a, b in zip(n, n[1:])):
+            raise ValueError(f"num_candidates must be strictly increasing and start at 1 (the unscaled "
+                             f"generator every ratio is taken against), got {n}")
+        return self
+
+
+class GradientBiasParams(Section):
+    """The analytic gradient-bias experiment (pipeline/gradient_bias.py): a mixture-of-Gaussians target."""
+
+    dim: int = Field(ge=1)
+    components: int = Field(ge=1)
+    component_std: float = Field(gt=0)
+    mean_scale: float = Field(gt=0)  # component means and the generator's initial mean ~ N(0, mean_scale^2 I)
+    generator_std: float = Field(gt=0)  # the generator's initial per-dimension scale b
+    noise: NoiseParams  # noise levels of every loss and of the evaluation
+    divergences: list[Literal[tuple(DIVERGENCES)]] = Field(min_length=1)  # type: ignore[valid-type]
+    budgets: list[int] = Field(min_length=1)  # auxiliary-net training steps at which gradients are compared
+    seeds: list[int] = Field(min_length=1)
+    width: int = Field(ge=8)  # hidden width of every auxiliary MLP
+    batch_size: int = Field(ge=2)
+    lr: float = Field(gt=0)
+    eval_samples: int = Field(ge=100)  # the shared (z, s, eps) draw every gradient is computed on
+
+    @model_validator(mode="after")
+    def _budgets(self) -> GradientBiasParams:
+        if self.budgets[0] < 1 or any(b <= a for a, b in zip(self.budgets, self.budgets[1:])):
+            raise ValueError(f"budgets must be positive and strictly increasing, got {self.budgets}")
+        return self
+
+
 class Params(Section):
     seed: int = Field(ge=0)
+    method: Literal["diffratio", "vsd"]
     divergence: Literal[tuple(DIVERGENCES)]  # type: ignore[valid-type]
     device: Literal["auto", "cpu", "cuda"]
     prepare: PrepareParams
@@ -158,11 +203,24 @@ class Params(Section):
     train: TrainParams
     sample: SampleParams
     fid: FidParams
+    scale: ScaleParams
+    gradient_bias: GradientBiasParams
+
+    @model_validator(mode="after")
+    def _scale_within_training(self) -> Params:
+        noise = self.train.ratio_noise
+        if not noise.sigma_min <= self.scale.sigma_eval <= noise.sigma_max:
+            raise ValueError(f"scale.sigma_eval = {self.scale.sigma_eval} is outside the noise levels the ratio net "
+                             f"is trained on (train.ratio_noise: [{noise.sigma_min}, {noise.sigma_max}]); "
+                             f"use train.ratio_noise.sigma_min")
+        return self
 
 
 def _describe(error: dict, source: str) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    key = ".".join(str(part) for part in error["loc"])
     kind = error["type"]
+    if not key:  # a check across sections: its message names the keys
+        return f"{source}: {error['msg']}"
     if kind == "missing":
         return f"{source}: {key}: missing; every value must be written in {source}"
     if kind == "extra_forbidden":

@@ -99,6 +99,12 @@ class VAEEncoder:
         return _to_nhwc_uint8(self.vae.decode(z).sample.clamp(0, 1) * 255)
 
 
+def decode_batched(encoder, latents: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+    """Model-space samples (any device) -> uint8 NHWC images, `batch_size` at a time."""
+    return np.concatenate([encoder.decode(latents[s : s + batch_size].to(device))
+                           for s in range(0, len(latents), batch_size)])
+
+
 def load_vae(name: str, device: torch.device):
     """An AutoencoderKL from a local folder or a hub id (downloaded unless HF_HUB_OFFLINE=1)."""
     try:

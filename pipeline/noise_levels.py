@@ -1,4 +1,4 @@
-"""Noise-level distributions for the DiffRatio losses (see NoiseParams)."""
+"""Noise levels of the stage-2 losses: their distributions (see NoiseParams) and the weighting w(s)."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ def sample_noise_levels(n: int, p: NoiseParams, device: torch.device) -> torch.T
     u = torch.rand(n, device=device)
     lo, hi = p.sigma_min ** (1 / p.rho), p.sigma_max ** (1 / p.rho)
     return (lo + u * (hi - lo)) ** p.rho
+
+
+def noise_weight(sigma: torch.Tensor, weighting: str, update: torch.Tensor | None = None) -> torch.Tensor:
+    """w(s) of a generator loss. `s2` matches the x0-space weighting of VSD/DMD; `normalized` rescales each
+    sample so that its x-space update (`update`, the direction the surrogate pushes x_s) has unit mean
+    magnitude, whatever its noise level."""
+    if weighting == "normalized":
+        return 1 / update.flatten(1).abs().mean(1).clamp_min(1e-12)
+    return torch.ones_like(sigma) if weighting == "uniform" else sigma**2

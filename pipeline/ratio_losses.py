@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from pipeline.divergences import Divergence
+from pipeline.noise_levels import noise_weight
 
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,
@@ -25,12 +26,6 @@ def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.
     d_real = ratio(x_real + s * torch.randn_like(x_real), sigma, labels)
     loss = (F.softplus(-d_fake) + F.softplus(d_real)).mean()
     return loss, {"d_fake": d_fake.detach(), "d_real": d_real.detach()}
-
-
-def noise_weight(sigma: torch.Tensor, weighting: str) -> torch.Tensor:
-    """w(s): s^2 matches the x0-space weighting of VSD/DMD; `normalized` starts from s^2 and is rescaled
-    per sample in generator_loss."""
-    return torch.ones_like(sigma) if weighting == "uniform" else sigma**2
 
 
 def generator_loss(ratio, x_gen: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
@@ -44,9 +39,10 @@ def generator_loss(ratio, x_gen: torch.Tensor, sigma: torch.Tensor, labels: torc
     x_s.retain_grad()
     d = ratio(x_s, sigma, labels)
     h = divergence.h_of_logit(d.detach(), logit_clamp)
-    w = noise_weight(sigma, weighting)
-    if weighting == "normalized":  # unit mean |x-space update| per sample, whatever its noise level
+    update = None
+    if weighting == "normalized":  # the per-sample x-space update h grad_x d sets the scale
         (grad,) = torch.autograd.grad(d.sum(), x_s, retain_graph=True)
-        w = 1 / (h * grad.flatten(1).abs().mean(1)).clamp_min(1e-12)
-    terms = w.detach() * h * d
-    return terms.mean(), {"terms": terms, "d": d, "h": h, "w": w.detach(), "x_s": x_s}
+        update = h.view(-1, *([1] * (grad.dim() - 1))) * grad
+    w = noise_weight(sigma, weighting, update).detach()
+    terms = w * h * d
+    return terms.mean(), {"terms": terms, "d": d, "h": h, "w": w, "x_s": x_s}

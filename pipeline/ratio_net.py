@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipeline.artifacts import load_module, save_weights
+from pipeline.artifacts import load_module
 from pipeline.config import NetworkParams
 from pipeline.networks import UNetEncoder
 from pipeline.preconditioning import Denoiser, edm_coefficients
@@ -56,10 +56,6 @@ def init_from_score(ratio: RatioNet, score: Denoiser) -> RatioNet:
     """Copy the pretrained encoder (same config, so every shape matches); the head stays at zero."""
     ratio.encoder.load_state_dict(score.backbone.encoder.state_dict())
     return ratio
-
-
-def save_ratio_net(path: str | Path, net: RatioNet, config: dict) -> None:
-    save_weights(path, net.state_dict(), config)
 
 
 def load_ratio_net(path: str | Path, device: torch.device) -> tuple[RatioNet, dict]:

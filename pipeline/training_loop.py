@@ -26,6 +26,7 @@ from torch import nn
 
 from pipeline.artifacts import atomic_path, read_json, write_json
 from pipeline.config import LoopParams
+from pipeline.measure import StepTimer
 
 
 class TrainingTask(Protocol):
@@ -156,7 +157,9 @@ def run_training(task: TrainingTask, loop: LoopParams, checkpoint_dir: str | Pat
         bar_task = bar.add_task(description, total=loop.duration_images, completed=state.images, status="")
         while state.images < loop.duration_images:
             _set_lr(task, state.images, loop.lr_rampup_images)
-            logs = task.step(loop.batch_size)
+            with StepTimer(device) as timer:
+                logs = task.step(loop.batch_size)
+            logs["step_seconds"] = timer.seconds
             state.images += loop.batch_size
             state.steps += 1
             for name, net in task.networks.items():

@@ -9,11 +9,9 @@ All rows use the same per-sample seeds and labels, so row i of every set starts 
 
 import time
 
-import numpy as np
-
 from pipeline.artifacts import atomic_path, save_arrays, write_json
 from pipeline.config import Params
-from pipeline.encoders import load_encoded
+from pipeline.encoders import decode_batched, load_encoded
 from pipeline.generator import OneStepGenerator, load_generator
 from pipeline.images import save_grid
 from pipeline.models import load_denoiser
@@ -46,8 +44,7 @@ def main(params: Params) -> None:
                 latents, labels = generate(draw, p.num_samples, p.batch_size, params.seed, shape,
                                            config["num_classes"], device, lambda n: bar.advance(task, n))
                 seconds = time.perf_counter() - started
-            images = np.concatenate([encoder.decode(latents[s : s + p.batch_size].to(device))
-                                     for s in range(0, len(latents), p.batch_size)])
+            images = decode_batched(encoder, latents, p.batch_size, device)
             save_arrays(tmp / f"{name}.npz", images=images, labels=labels)
             write_json(tmp / f"{name}.json", {"nfe": nfe, "num_samples": p.num_samples,
                                               "seconds_per_image": seconds / p.num_samples, "device": device.type})

@@ -1,26 +1,32 @@
-"""train: DiffRatio. A one-step generator (initialised from the score net) and a density-ratio net (the
-score net's encoder with a logit head) -> data/train/{generator,ratio}, curves and per-noise-level diagnostics.
+"""train: a one-step generator (initialised from the score net, or randomly with train.init: random) and its
+auxiliary network -> data/train/{generator, ratio | fake_score}, curves and per-noise-level diagnostics.
 
-No teacher is evaluated during training: the score net only initialises both networks.
+    method diffratio  a density-ratio net (the score net's encoder with a logit head); no teacher evaluated
+    method vsd        the teacher-supervised baseline: frozen teacher + online fake score net
+
 Interrupted runs resume from data/checkpoints/train on the next `dvc repro`.
 """
 
+import copy
+import statistics
 import time
 
 import torch
 
-from pipeline.artifacts import atomic_path, write_csv, write_json
+from pipeline.artifacts import atomic_path, save_weights, write_csv, write_json
 from pipeline.config import Params
 from pipeline.diffratio import DiffRatioTraining
 from pipeline.divergences import DIVERGENCES
 from pipeline.encoders import load_encoded
 from pipeline.generator import OneStepGenerator, generator_config, save_generator
-from pipeline.models import load_denoiser
+from pipeline.measure import PeakMemory
+from pipeline.models import build_denoiser, load_denoiser
 from pipeline.networks import count_parameters
-from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config, save_ratio_net
+from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
 from pipeline.stage import console, pick_device, run_stage
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import fingerprint, run_training
+from pipeline.vsd import VSDTraining
 
 OUT, CHECKPOINT = "data/train", "data/checkpoints/train"
 CURVES, LEVELS, METRICS = "metrics/train_curves.csv", "metrics/train_noise_levels.csv", "metrics/train.json"
@@ -30,14 +36,24 @@ def main(params: Params) -> None:
     p = params.train
     device = pick_device(params.device)
     encoder, stored, labels = load_encoded("data/encoded", device)
-    score, score_config = load_denoiser("data/pretrain/score", device, "pretrain")
-    torch.manual_seed(params.seed)
-    generator = OneStepGenerator(score, p.t_init).requires_grad_(True)  # theta starts as the score net
-    ratio = init_from_score(build_ratio_net(ratio_config(score_config)), score).to(device)
-    counts = {"score_parameters": count_parameters(score), "ratio_parameters": count_parameters(ratio)}
-    task = DiffRatioTraining(generator, ratio, TrainingData(encoder, stored, labels, device), p,
-                             DIVERGENCES[params.divergence], conditional=score_config["num_classes"] > 0)
-    run_id = fingerprint(params.seed, params.divergence, p.model_dump(), score_config, encoder.config)
+    data = TrainingData(encoder, stored, labels, device)
+    teacher, score_config = load_denoiser("data/pretrain/score", device, "pretrain")
+    conditional = score_config["num_classes"] > 0
+    torch.manual_seed(p.seed)
+    start = copy.deepcopy(teacher) if p.init == "teacher" else build_denoiser(score_config).to(device)
+    generator = OneStepGenerator(start, p.t_init).requires_grad_(True)
+    if params.method == "diffratio":
+        auxiliary_config = ratio_config(score_config)
+        auxiliary = init_from_score(build_ratio_net(auxiliary_config), teacher).to(device)
+        task = DiffRatioTraining(generator, auxiliary, data, p, DIVERGENCES[params.divergence], conditional)
+    else:  # the fake score net starts as the teacher
+        auxiliary_config, auxiliary = score_config, copy.deepcopy(teacher).requires_grad_(True)
+        task = VSDTraining(generator, auxiliary, teacher, data, p, conditional)
+    divergence = params.divergence if params.method == "diffratio" else "dikl"  # vsd: the reverse-KL gradient
+    counts = {"generator_parameters": count_parameters(generator),
+              "auxiliary_parameters": count_parameters(auxiliary)}
+    run_id = fingerprint(params.method, divergence, p.model_dump(), score_config, encoder.config)
+    memory = PeakMemory(device)
     started = time.perf_counter()
 
     def finish(state) -> None:
@@ -45,19 +61,23 @@ def main(params: Params) -> None:
         with atomic_path(OUT) as tmp:
             tmp.mkdir()
             save_generator(tmp / "generator", task.ema["generator"], generator_config(score_config, p.t_init))
-            save_ratio_net(tmp / "ratio", task.networks["ratio"], ratio_config(score_config))
+            save_weights(tmp / task.auxiliary, task.networks[task.auxiliary].state_dict(), auxiliary_config)
         write_csv(CURVES, state.curves)
         write_csv(LEVELS, levels)
         last = state.curves[-1]
-        write_json(METRICS, {"divergence": params.divergence, **counts,
-                             "ratio_over_score_parameters": counts["ratio_parameters"] / counts["score_parameters"],
-                             "images": state.images, "steps": state.steps,
-                             **{k: last[k] for k in ("ratio_loss", "acc_real", "acc_fake")},
-                             "seconds_this_run": time.perf_counter() - started})
+        write_json(METRICS, {
+            "method": params.method, "divergence": divergence, "init": p.init, "seed": p.seed,
+            "auxiliary": task.auxiliary, **counts,
+            "auxiliary_over_generator_parameters": counts["auxiliary_parameters"] / counts["generator_parameters"],
+            "images": state.images, "steps": state.steps,
+            **{k: last[k] for k in ("ratio_loss", "acc_real", "acc_fake", "fake_score_loss") if k in last},
+            "seconds_per_step": statistics.median(row["step_seconds"] for row in state.curves),
+            "peak_memory_mib": memory.peak_mib(), "memory_kind": memory.kind, "device": device.type,
+            "seconds_this_run": time.perf_counter() - started})
 
-    state = run_training(task, p, CHECKPOINT, run_id, device, f"train {params.divergence}", finish, params.seed)
-    console.print(f"DiffRatio ({params.divergence}): generator {counts['score_parameters']:,} and ratio net "
-                  f"{counts['ratio_parameters']:,} parameters, {state.images:,} images -> {OUT}")
+    state = run_training(task, p, CHECKPOINT, run_id, device, f"train {params.method} ({divergence})", finish, p.seed)
+    console.print(f"{params.method} ({divergence}): generator {counts['generator_parameters']:,} and "
+                  f"{task.auxiliary} {counts['auxiliary_parameters']:,} parameters, {state.images:,} images -> {OUT}")
 
 
 if __name__ == "__main__":

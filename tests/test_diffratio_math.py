@@ -1,5 +1,6 @@
-"""DiffRatio's mathematics on Gaussians (method.md): the surrogate's gradient is the f-divergence gradient
-for every registered divergence, and a trained ratio net recovers the gradient of the true log ratio."""
+"""Stage-2 mathematics on Gaussians (method.md): DiffRatio's surrogate gradient is the f-divergence gradient
+for every registered divergence, the vsd baseline's surrogate with exact scores is the reverse-KL gradient,
+and a trained ratio net recovers the gradient of the true log ratio."""
 
 import math
 
@@ -11,6 +12,7 @@ from pipeline.config import NetworkParams
 from pipeline.divergences import DIVERGENCES
 from pipeline.ratio_losses import generator_loss, ratio_loss
 from pipeline.ratio_net import RatioNet
+from pipeline.vsd import score_difference_loss
 
 MU_P, A = 0.4, 0.6  # data p = N(MU_P, A^2)
 
@@ -69,6 +71,29 @@ def test_surrogate_gradient_equals_the_f_divergence_gradient(name, mu0, b0):
         estimate = torch.autograd.grad(surrogate(divergence, *theta, s, "s2"), theta)
         for e, g in zip(estimate, exact):
             assert float(e) == pytest.approx(float(g), rel=1e-6, abs=1e-9), f"{name} at s={s}"
+
+
+def gaussian_denoiser(mean, var):
+    """The exact D(x; s) for N(mean, var) data: the posterior mean mean + var / (var + s^2) (x - mean)."""
+    return lambda x, sigma, labels: mean + var / (var + sigma.view(-1, 1, 1, 1) ** 2) * (x - mean)
+
+
+@pytest.mark.parametrize("weighting,w_of_s", [("s2", lambda s: s**2), ("uniform", lambda s: 1.0)])
+@pytest.mark.parametrize("mu0,b0", [(-0.3, 0.9), (0.9, 0.45)])
+def test_baseline_surrogate_with_exact_scores_is_the_reverse_kl_gradient(weighting, w_of_s, mu0, b0):
+    t, w = hermite(80)
+    z, eps = (g.reshape(-1, 1, 1, 1) for g in torch.meshgrid(t, t, indexing="ij"))
+    weights = torch.outer(w, w).flatten()
+    for s in (0.2, 1.0):
+        theta = [torch.tensor(mu0, requires_grad=True), torch.tensor(b0, requires_grad=True)]
+        fake = gaussian_denoiser(theta[0].detach(), theta[1].detach() ** 2)  # q, frozen at theta
+        teacher = gaussian_denoiser(torch.tensor(MU_P), torch.tensor(A**2))
+        sigma = torch.full((z.shape[0],), s)
+        _, out = score_difference_loss(fake, teacher, theta[0] + theta[1] * z, sigma, None, weighting, noise=eps)
+        estimate = torch.autograd.grad((weights * out["terms"]).sum(), theta)
+        exact = torch.autograd.grad(w_of_s(s) * f_divergence(DIVERGENCES["dikl"], *theta, s), theta)
+        for e, g in zip(estimate, exact):
+            assert float(e) == pytest.approx(float(g), rel=1e-6, abs=1e-9), f"s={s}"
 
 
 def test_kl_quadrature_matches_the_closed_form():

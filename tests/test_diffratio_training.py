@@ -1,8 +1,11 @@
-"""The DiffRatio task in the shared loop: the ratio net's shape and size, and bit-exact resume."""
+"""Both stage-2 tasks in the shared loop: the ratio net's shape and size, the baseline's frozen teacher, bit-exact resume."""
+
+import copy
 
 import pytest
 import torch
 
+from pipeline.artifacts import save_weights
 from pipeline.config import load_params
 from pipeline.diffratio import DiffRatioTraining
 from pipeline.divergences import DIVERGENCES
@@ -10,9 +13,10 @@ from pipeline.encoders import IdentityEncoder
 from pipeline.generator import OneStepGenerator
 from pipeline.models import build_denoiser, denoiser_config
 from pipeline.networks import count_parameters
-from pipeline.ratio_net import build_ratio_net, init_from_score, load_ratio_net, ratio_config, save_ratio_net
+from pipeline.ratio_net import build_ratio_net, init_from_score, load_ratio_net, ratio_config
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import run_training
+from pipeline.vsd import VSDTraining
 from tests.conftest import ROOT
 
 PARAMS = load_params(ROOT / "params.yaml")
@@ -38,7 +42,7 @@ def test_ratio_net_artifact_round_trip(tmp_path):
     score, config = score_net()
     ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
     torch.nn.init.normal_(ratio.head.weight)
-    save_ratio_net(tmp_path / "ratio", ratio, ratio_config(config))
+    save_weights(tmp_path / "ratio", ratio.state_dict(), ratio_config(config))
     loaded, loaded_config = load_ratio_net(tmp_path / "ratio", torch.device("cpu"))
     assert loaded_config == ratio_config(config)
     x, sigma, labels = torch.randn(3, 1, 8, 8), torch.rand(3) + 0.1, torch.arange(3)
@@ -55,17 +59,20 @@ class Interrupted(Exception):
     pass
 
 
-def make_task(fail_at_step=None):
+def make_task(method, fail_at_step=None):
     score, config = score_net()
     train = PARAMS.train.model_copy(update={"batch_size": 8, "duration_images": 8 * 6, "log_every_images": 16,
                                             "checkpoint_every_images": 24, "diagnostic_samples": 4,
                                             "diagnostic_levels": 2})
-    ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
-    generator = OneStepGenerator(score, train.t_init).requires_grad_(True)
+    generator = OneStepGenerator(copy.deepcopy(score), train.t_init).requires_grad_(True)
     torch.manual_seed(1)
     data = TrainingData(IdentityEncoder(), {"x": torch.rand(32, 1, 8, 8) * 2 - 1}, torch.arange(32) % 10,
                         torch.device("cpu"))
-    task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True)
+    if method == "diffratio":
+        ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
+        task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True)
+    else:
+        task = VSDTraining(generator, copy.deepcopy(score).requires_grad_(True), score, data, train, conditional=True)
     step, calls = task.step, []
 
     def counted(batch_size):
@@ -77,18 +84,29 @@ def make_task(fail_at_step=None):
     return task, train, calls
 
 
-def test_interrupted_training_resumes_bit_exactly(tmp_path):
-    reference, train, _ = make_task()
+@pytest.mark.parametrize("method", ["diffratio", "vsd"])
+def test_interrupted_training_resumes_bit_exactly(tmp_path, method):
+    reference, train, _ = make_task(method)
     run_training(reference, train, tmp_path / "a", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
-    interrupted, _, _ = make_task(fail_at_step=5)
+    interrupted, _, _ = make_task(method, fail_at_step=5)
     with pytest.raises(Interrupted):
         run_training(interrupted, train, tmp_path / "b", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
-    resumed, _, calls = make_task()
+    resumed, _, calls = make_task(method)
     run_training(resumed, train, tmp_path / "b", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
     assert len(calls) == 3  # resumed after the checkpoint at step 3
-    for kind, name in (("networks", "generator"), ("networks", "ratio"), ("ema", "generator")):
+    for kind, name in (("networks", "generator"), ("networks", resumed.auxiliary), ("ema", "generator")):
         expected = getattr(reference, kind)[name].state_dict()
         for key, value in getattr(resumed, kind)[name].state_dict().items():
             assert torch.equal(value, expected[key]), f"{kind}/{name}/{key}"
-    rows = resumed.diagnose()
-    assert [set(r) for r in rows][0] >= {"sigma", "acc_real", "acc_fake", "d_real", "d_fake", "h_mean", "update_norm"}
+    columns = {"diffratio": {"acc_real", "acc_fake", "d_real", "d_fake", "h_mean"}, "vsd": {"fake_score_loss"}}[method]
+    assert set(resumed.diagnose()[0]) >= {"sigma", "update_norm", *columns}
+
+
+def test_vsd_trains_the_fake_score_net_and_never_the_teacher():
+    task, train, _ = make_task("vsd")
+    teacher = copy.deepcopy(task.teacher.state_dict())
+    assert all(torch.equal(v, teacher[k]) for k, v in task.networks["fake_score"].state_dict().items())
+    logs = task.step(train.batch_size)
+    assert {"fake_score_loss", "update_norm", "grad_norm"} <= set(logs) and float(logs["grad_norm"]) > 0
+    assert all(torch.equal(v, teacher[k]) for k, v in task.teacher.state_dict().items())
+    assert not all(torch.equal(v, teacher[k]) for k, v in task.networks["fake_score"].state_dict().items())

@@ -57,6 +57,22 @@ def test_cross_field_rules(params_dict):
     assert "set prepare.path" in error_of(params_dict)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("num_candidates", [], "at least 1 item"),
+    ("num_candidates", [2, 4, 8], "start at 1"),
+    ("num_candidates", [1, 4, 2], "strictly increasing"),
+    ("num_candidates", [1, 1, 2], "strictly increasing"),
+    ("num_candidates", [1, "many"], "scale.num_candidates.1"),
+    ("tau", -0.5, "scale.tau = -0.5"),
+    ("sigma_eval", 0.0001, "outside the noise levels the ratio net is trained on"),
+    ("sigma_eval", 50, "train.ratio_noise"),
+    ("batch_size", 0, "scale.batch_size = 0"),
+])
+def test_bad_scaling_params_are_rejected(params_dict, key, value, message):
+    params_dict["scale"][key] = value
+    assert message in error_of(params_dict)
+
+
 def test_every_error_is_reported_at_once(params_dict):
     params_dict["seed"] = -3
     params_dict["fid"]["batch_size"] = 0
