@@ -102,8 +102,8 @@ def summarise(runs: list[dict]) -> dict[str, dict]:
     for column in columns:
         values = [run[column] for run in runs if run.get(column) is not None]
         if values:
-            out[column] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                           "n": len(values)}
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            out[column] = {"mean": statistics.fmean(values), "std": spread, "n": len(values)}
     return out
 
 
@@ -116,7 +116,8 @@ def markdown(results: dict[str, dict]) -> str:
     for variant, r in results.items():
         scaled = f"{cell(r.get('fd_n1'), '.3f')} / {cell(r.get('fd_n8'), '.3f')}" if r.get("fd_n8") else "—"
         lines.append(f"| {variant} | {cell(r.get('fd'), '.3f')} | {cell(r.get('seconds_per_step'), '.3f')} | "
-                     f"{cell(r.get('peak_memory_mib'), '.0f')} | {cell(r.get('auxiliary_parameters'), '.0f')} | {scaled} |")
+                     f"{cell(r.get('peak_memory_mib'), '.0f')} | {cell(r.get('auxiliary_parameters'), '.0f')} | "
+                     f"{scaled} |")
     return "\n".join(lines) + "\n"
 
 

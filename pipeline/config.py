@@ -153,6 +153,7 @@ class FidParams(Section):
 class ScaleParams(Section):
     """Inference-time scaling: N candidates per output, one picked by the ratio net (see pipeline/scaling.py)."""
 
+    num_outputs: int = Field(ge=2)  # images per N, each picked from N candidates; FD is computed on them
     num_candidates: list[int] = Field(min_length=1)  # the values of N to evaluate, 1 first
     tau: float = Field(ge=0)  # resampling temperature: 1 = importance resampling toward p, 0 = best-of-N
     sigma_eval: float = Field(gt=0)  # the noise level the ratio net scores candidates at

@@ -6,7 +6,6 @@ real samples; the generator follows h(r) grad_x d. No teacher network is evaluat
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from pipeline.config import TrainParams
@@ -43,25 +42,18 @@ class DiffRatioTraining(OneStepTraining):
                                    self.p.logit_clamp)
         return loss, {"h_mean": out["h"].mean()}
 
-    def diagnose(self) -> list[dict]:
-        """At log-spaced noise levels over the ratio net's training range, on fresh batches: the ratio net's
-        accuracy and mean logit on real and generated samples, the weights h, and the mean norm of the
-        per-sample x-space update w h grad_x d."""
-        p, ratio = self.p, self.networks["ratio"].requires_grad_(False)
-        n = p.diagnostic_samples
-        rows = []
-        for level in np.geomspace(p.ratio_noise.sigma_min, p.ratio_noise.sigma_max, p.diagnostic_levels):
-            sigma = torch.full((n,), float(level), device=self.data.device)
-            x_real, labels = self.batch(n)
-            with torch.no_grad():
-                x_fake = self.generate(labels, n)
-                _, logits = ratio_loss(ratio, x_fake, x_real, labels, sigma)
-            x_in = x_fake.detach().requires_grad_(True)
-            _, out = generator_loss(ratio, x_in, sigma, labels, self.divergence, p.weighting, p.logit_clamp)
-            (grad,) = torch.autograd.grad(out["terms"].sum(), out["x_s"])
-            rows.append({"sigma": float(level),
-                         "acc_real": (logits["d_real"] < 0).float().mean().item(),
-                         "acc_fake": (logits["d_fake"] > 0).float().mean().item(),
-                         "d_real": logits["d_real"].mean().item(), "d_fake": logits["d_fake"].mean().item(),
-                         "h_mean": out["h"].mean().item(), "update_norm": grad.flatten(1).norm(dim=1).mean().item()})
-        return rows
+    def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
+        """The ratio net's accuracy and mean logit on real and generated samples, the weights h, and the mean
+        norm of the per-sample x-space update w h grad_x d."""
+        n, p, ratio = len(sigma), self.p, self.networks["ratio"]
+        x_real, labels = self.batch(n)
+        with torch.no_grad():
+            x_fake = self.generate(labels, n)
+            _, logits = ratio_loss(ratio, x_fake, x_real, labels, sigma)
+        x_in = x_fake.requires_grad_(True)  # so that x_s carries a gradient to read
+        _, out = generator_loss(ratio, x_in, sigma, labels, self.divergence, p.weighting, p.logit_clamp)
+        (grad,) = torch.autograd.grad(out["terms"].sum(), out["x_s"])
+        return {"acc_real": (logits["d_real"] < 0).float().mean().item(),
+                "acc_fake": (logits["d_fake"] > 0).float().mean().item(),
+                "d_real": logits["d_real"].mean().item(), "d_fake": logits["d_fake"].mean().item(),
+                "h_mean": out["h"].mean().item(), "update_norm": grad.flatten(1).norm(dim=1).mean().item()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -54,6 +55,19 @@ class OneStepTraining(ABC):
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The surrogate whose gradient is the method's generator gradient (the auxiliary net is frozen),
         and scalars to log."""
+
+    @abstractmethod
+    def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
+        """Diagnostics at one noise level (every entry of `sigma` equal), on fresh batches of len(sigma)."""
+
+    def diagnose(self) -> list[dict]:
+        """diagnose_level at log-spaced noise levels over the auxiliary net's training range."""
+        p = self.p
+        self.networks[self.auxiliary].requires_grad_(False)
+        levels = np.geomspace(p.ratio_noise.sigma_min, p.ratio_noise.sigma_max, p.diagnostic_levels)
+        return [{"sigma": float(level), **self.diagnose_level(torch.full((p.diagnostic_samples,), float(level),
+                                                                        device=self.data.device))}
+                for level in levels]
 
     def step(self, batch_size: int) -> dict[str, torch.Tensor]:
         generator, auxiliary = self.networks["generator"], self.networks[self.auxiliary]

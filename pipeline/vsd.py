@@ -11,7 +11,6 @@ has DiffRatio's reverse-KL (dikl) gradient with both scores estimated; with w = 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from pipeline.config import TrainParams
@@ -56,22 +55,17 @@ class VSDTraining(OneStepTraining):
     def generator_loss(self, x_gen, sigma, labels):
         loss, out = score_difference_loss(self.networks["fake_score"], self.teacher, x_gen, sigma, labels,
                                           self.p.weighting)
-        return loss, {"update_norm": out["update"].flatten(1).norm(dim=1).mean()}
+        update = out["w"].view(-1, *([1] * (x_gen.dim() - 1))) * out["update"]
+        return loss, {"update_norm": update.flatten(1).norm(dim=1).mean()}
 
-    def diagnose(self) -> list[dict]:
-        """At log-spaced noise levels over the fake score net's training range, on fresh generated batches:
-        its denoising loss, and the mean norm of the per-sample x-space update w (D_fake - D_teacher) / s^2."""
-        p, fake = self.p, self.networks["fake_score"].requires_grad_(False)
-        n = p.diagnostic_samples
-        rows = []
-        for level in np.geomspace(p.ratio_noise.sigma_min, p.ratio_noise.sigma_max, p.diagnostic_levels):
-            sigma = torch.full((n,), float(level), device=self.data.device)
-            _, labels = self.batch(n)
-            with torch.no_grad():
-                x_fake = self.generate(labels, n)
-                loss = denoising_loss(fake, x_fake, labels, sigma).mean()
-            _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, p.weighting)
-            update = out["w"].view(-1, *([1] * (x_fake.dim() - 1))) * out["update"]
-            rows.append({"sigma": float(level), "fake_score_loss": loss.item(),
-                         "update_norm": update.flatten(1).norm(dim=1).mean().item()})
-        return rows
+    def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
+        """The fake score net's denoising loss on generated samples, and the mean norm of the per-sample
+        x-space update w (D_fake - D_teacher) / s^2."""
+        n, fake = len(sigma), self.networks["fake_score"]
+        _, labels = self.batch(n)
+        with torch.no_grad():
+            x_fake = self.generate(labels, n)
+            loss = denoising_loss(fake, x_fake, labels, sigma).mean()
+        _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, self.p.weighting)
+        update = out["w"].view(-1, *([1] * (x_fake.dim() - 1))) * out["update"]
+        return {"fake_score_loss": loss.item(), "update_norm": update.flatten(1).norm(dim=1).mean().item()}

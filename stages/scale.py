@@ -1,8 +1,9 @@
 """scale: inference-time scaling with the ratio net as verifier -> FD against N, cost and wall time.
 
-For every N in scale.num_candidates, sample.num_samples outputs are each picked from N candidates of their
-class by the trained ratio net (pipeline/scaling.py). N = 1 is the unscaled generator: the same samples
-as the `generator` row of the fid stage. Method vsd trains no ratio net, so it reports N = 1 only.
+For every N in scale.num_candidates, scale.num_outputs images are each picked from N candidates of their
+class by the trained ratio net (pipeline/scaling.py). N = 1 is the unscaled generator (its first
+sample.num_samples images are the `generator` row of the sample stage). Method vsd trains no ratio net, so
+it reports N = 1 only.
 """
 
 import time
@@ -24,7 +25,7 @@ OUT, METRICS, CURVE, GRID = "data/scaled", "metrics/scale.json", "metrics/scale.
 
 
 def main(params: Params) -> None:
-    p, num = params.scale, params.sample.num_samples
+    p, num = params.scale, params.scale.num_outputs
     device = pick_device(params.device)
     encoder, _, _ = load_encoded("data/encoded", device)
     extractor, ref, _ = load_reference("data/reference", device)

@@ -1,4 +1,5 @@
-"""Both stage-2 tasks in the shared loop: the ratio net's shape and size, the baseline's frozen teacher, bit-exact resume."""
+"""Both stage-2 tasks in the shared loop: the ratio net's shape and size, the baseline's frozen teacher and
+bit-exact resume."""
 
 import copy
 

@@ -23,6 +23,8 @@ TINY = {  # the default networks, trained briefly: about two minutes for the who
     "train": {"batch_size": 64, "duration_images": 12800, "log_every_images": 1280, "checkpoint_every_images": 6400,
               "ema_halflife_images": 2000, "diagnostic_levels": 4, "diagnostic_samples": 64},
     "sample": {"num_samples": 200, "batch_size": 200, "nfe": 9},
+    "scale": {"num_outputs": 200, "num_candidates": [1, 2, 4], "batch_size": 100},
+    "gradient_bias": {"budgets": [20, 50], "seeds": [0], "eval_samples": 1000, "width": 32, "batch_size": 64},
 }
 
 
@@ -87,13 +89,18 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
     assert metrics["teacher"]["fd_trained"] > 0 and metrics["real_floor"]["fd_trained"] > 0
     # A short seeded DiffRatio run at least halves the FD of the generator it starts from (measured: 3.7x).
     assert metrics["generator"]["fd_trained"] < 0.5 * metrics["generator_init"]["fd_trained"]
-    for grid in ("teacher", "generator_init", "generator"):
+    for grid in ("teacher", "generator_init", "generator", "scaled"):
         assert (repo / f"metrics/grids/{grid}.png").stat().st_size > 0
+    scale = json.loads((repo / "metrics/scale.json").read_text())
+    assert scale["verifier"] and [scale[f"n{n}"]["generator_evals_per_output"] for n in (1, 2, 4)] == [1, 2, 4]
+    assert scale["n1"]["fd"] == metrics["generator"]["fd_trained"]  # N = 1 is exactly the generator row
+    bias = json.loads((repo / "metrics/gradient_bias.json").read_text())
+    assert set(bias["vsd"]) == {"steps_20", "steps_50"} and "diffratio_dijs" in bias
     assert "fd_trained" in run(repo, "dvc", "metrics", "show")
     assert "up to date" in run(repo, "dvc", "status")
 
 
-def test_divergence_experiment_and_metrics_diff(repo):
+def test_experiments_and_metrics_diff(repo):
     run(repo, "dvc", "repro")  # a no-op after the test above
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline run (dijs)")
@@ -104,3 +111,11 @@ def test_divergence_experiment_and_metrics_diff(repo):
     diff = run(repo, "dvc", "metrics", "diff")
     assert "generator.fd_trained" in diff and "teacher.fd_trained" not in diff  # the teacher did not change
     assert "divergence" in run(repo, "dvc", "exp", "show", "--csv").splitlines()[0]
+
+    output = run(repo, "dvc", "exp", "run", "-S", "divergence=dijs", "-S", "method=vsd")  # the baseline
+    assert "Running stage 'train'" in output and "Running stage 'pretrain'" not in output
+    train = json.loads((repo / "metrics/train.json").read_text())
+    assert train["method"] == "vsd" and train["auxiliary"] == "fake_score" and train["divergence"] == "dikl"
+    assert train["auxiliary_parameters"] == train["generator_parameters"]  # a full score net, unlike the ratio net
+    scale = json.loads((repo / "metrics/scale.json").read_text())
+    assert scale["verifier"] is None and "n1" in scale and "n2" not in scale
