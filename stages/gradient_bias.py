@@ -32,8 +32,11 @@ def main(params: Params) -> None:
             stats[f"{key}_mean"] = statistics.fmean(values)
             stats[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
             curve[budget][f"{method}_{key}"] = stats[f"{key}_mean"]
+        terciles = list(zip(*(r["relative_error_by_noise_tercile"] for r in runs)))
+        stats["relative_error_by_noise_tercile_mean"] = [statistics.fmean(t) for t in terciles]
         summary[method][f"steps_{budget}"] = stats
-    write_json(METRICS, {"seeds": p.seeds, **summary, "runs": rows})
+    edges = [statistics.fmean(e) for e in zip(*(r["tercile_edges"] for r in rows))]
+    write_json(METRICS, {"seeds": p.seeds, "noise_tercile_edges": edges, **summary, "runs": rows})
     write_csv(CURVE, list(curve.values()))
     table = Table(title=f"generator-gradient error vs the exact gradient (mean ± std over {len(p.seeds)} seeds)")
     table.add_column("method")
@@ -42,6 +45,14 @@ def main(params: Params) -> None:
     for method, by_budget in summary.items():
         table.add_row(method, *(f"{s['cosine_mean']:.3f} / {s['relative_error_mean']:.3f}±{s['relative_error_std']:.3f}"
                                 for s in by_budget.values()))
+    console.print(table)
+    last = f"steps_{p.budgets[-1]}"
+    table = Table(title=f"error of each noise-level tercile's share, / |true gradient|, at {p.budgets[-1]} steps")
+    table.add_column("method")
+    for lo, hi in zip([p.noise.sigma_min, *edges], [*edges, p.noise.sigma_max]):
+        table.add_column(f"s in [{lo:.3g}, {hi:.3g})", justify="right")
+    for method, by_budget in summary.items():
+        table.add_row(method, *(f"{e:.3f}" for e in by_budget[last]["relative_error_by_noise_tercile_mean"]))
     console.print(table)
 
 

@@ -42,3 +42,4 @@ def test_experiment_reports_every_method_at_every_budget():
     methods = {f"diffratio_{d}" for d in p.divergences} | {"vsd", "vsd_exact_teacher"}
     assert {(r["method"], r["budget"]) for r in rows} == {(m, b) for m in methods for b in (2, 5)}
     assert all(-1 <= r["cosine"] <= 1 and r["relative_error"] >= 0 for r in rows)
+    assert all(len(r["relative_error_by_noise_tercile"]) == 3 for r in rows)
