@@ -42,7 +42,7 @@ def experiment_name(variant: str, seed: int) -> str:
 
 
 def dvc(*args: str) -> str:
-    result = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    result = subprocess.run(["dvc", *args], capture_output=True, text=True, check=False)
     if result.returncode:
         raise PipelineError(f"`dvc {' '.join(args)}` failed:\n{result.stderr.strip() or result.stdout.strip()}")
     return result.stdout
@@ -57,8 +57,12 @@ def queue(variants: list[str], seeds: list[int]) -> None:
 
 
 def _walk(node, found: dict[str, dict]) -> None:
-    """Collect {experiment name: its data} from `dvc exp show --json`, whatever its nesting."""
+    """Collect {experiment name: its data} from `dvc exp show --json`, whatever its nesting; experiments still
+    queued or running (their data are the base commit's) are left out."""
     if isinstance(node, dict):
+        executor = node.get("executor")
+        if isinstance(executor, dict) and executor.get("state") not in (None, "success"):
+            return
         name, data = node.get("name"), node.get("data")
         if isinstance(name, str) and name.startswith(PREFIX + "-") and isinstance(data, dict):
             found[name] = data
@@ -78,7 +82,7 @@ def _metric(data: dict, file: str, path: tuple[str, ...]):
 
 def collect(variants: list[str], seeds: list[int]) -> dict[str, dict]:
     found: dict[str, dict] = {}
-    _walk(json.loads(dvc("exp", "show", "--json")), found)
+    _walk(json.loads(dvc("exp", "show", "--json", "--all-commits")), found)  # queued from any commit
     results = {}
     for variant in variants:
         runs = []

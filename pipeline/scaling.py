@@ -6,6 +6,10 @@ corrects q toward p (exactly, as N grows, when d is exact); tau -> 0 is best-of-
 Gumbel-max trick, argmax_j(log w_j / tau + g_j), with g drawn from each output's own seed, so the result
 does not depend on the batch size; candidate j of output i uses noise seed `seed + i + j * num_outputs`, so
 candidate 0 is the unscaled generator's sample i, and the candidates for N are those for 2N's first half.
+
+Every call also returns a control: a uniformly random pick among the same candidates (the verifier
+ignored). It is an unscaled sample of its own, so FD(picked) against FD(control) isolates what the verifier
+did from the evaluation noise of FD itself.
 """
 
 from __future__ import annotations
@@ -44,23 +48,26 @@ def effective_sample_size(probs: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def scaled_generate(generator: Callable, log_weight: Callable | None, num: int, num_candidates: int, tau: float,
                     batch_size: int, seed: int, shape: tuple[int, ...], num_classes: int, device: torch.device
-                    ) -> tuple[torch.Tensor, np.ndarray, float]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, float]:
     """`num` outputs, each picked from `num_candidates` generator samples of its class by `log_weight(x, c)`.
-    Returns model-space samples (on CPU), labels and the mean effective sample size of the weights."""
-    out, ess = [], []
+    Returns the picks and the uniform-pick control (model space, on CPU), labels and the mean effective
+    sample size of the weights."""
+    out, control, ess = [], [], []
     for start in range(0, num, batch_size):
         idx = np.arange(start, min(start + batch_size, num))
         labels = balanced_labels(idx, num_classes, device)
         candidates = [generator(seeded_noise(seed + idx + j * num, shape, device), labels)
                       for j in range(num_candidates)]
+        stacked = torch.stack([x.cpu() for x in candidates], dim=1)
+        rows = torch.arange(len(idx))
+        gumbel = gumbel_noise(seed, idx, num_candidates)
+        control.append(stacked[rows, gumbel.argmax(1)])  # log w = 0 for all: a uniform pick
         if num_candidates == 1:
-            out.append(candidates[0].cpu())
+            out.append(stacked[:, 0])
             ess.append(torch.ones(len(idx)))
             continue
-        log_w = torch.stack([log_weight(x, labels) for x in candidates], dim=1).float()
-        chosen = pick(log_w, tau, gumbel_noise(seed, idx, num_candidates)).cpu()
-        stacked = torch.stack([x.cpu() for x in candidates], dim=1)
-        out.append(stacked[torch.arange(len(idx)), chosen])
-        ess.append(effective_sample_size(resampling_probabilities(log_w, tau)).cpu())
+        log_w = torch.stack([log_weight(x, labels) for x in candidates], dim=1).float().cpu()
+        out.append(stacked[rows, pick(log_w, tau, gumbel)])
+        ess.append(effective_sample_size(resampling_probabilities(log_w, tau)))
     labels = np.arange(num) % num_classes if num_classes else np.zeros(num, np.int64)
-    return torch.cat(out), labels.astype(np.int64), float(torch.cat(ess).mean())
+    return torch.cat(out), torch.cat(control), labels.astype(np.int64), float(torch.cat(ess).mean())

@@ -46,16 +46,17 @@ def main(params: Params) -> None:
         tmp.mkdir()
         for n in counts:
             started = time.perf_counter()
-            latents, labels, ess = scaled_generate(generator, log_weight, num, n, p.tau, p.batch_size, params.seed,
+            latents, control, labels, ess = scaled_generate(generator, log_weight, num, n, p.tau, p.batch_size, params.seed,
                                                    shape, config["num_classes"], device)
             seconds = time.perf_counter() - started
             images = decode_batched(encoder, latents, p.batch_size, device)
             save_arrays(tmp / f"n{n}.npz", images=images, labels=labels)
-            value = frechet_distance(statistics(extractor.features(images, params.fid.batch_size)), ref)
-            rows.append({"num_candidates": n, "fd": value, "generator_evals_per_output": n,
+            value, uniform = (frechet_distance(statistics(extractor.features(x, params.fid.batch_size)), ref)
+                              for x in (images, decode_batched(encoder, control, p.batch_size, device)))
+            rows.append({"num_candidates": n, "fd": value, "fd_uniform_pick": uniform, "generator_evals_per_output": n,
                          "ratio_evals_per_output": n if n > 1 else 0, "seconds_per_output": seconds / num,
                          "mean_ess": ess})
-            console.print(f"N = {n}: {metric} {value:.4g} ({seconds:.2f}s, mean ESS {ess:.2f})")
+            console.print(f"N = {n}: {metric} {value:.4g}, uniform pick {uniform:.4g} ({seconds:.2f}s, ESS {ess:.2f})")
     for row in rows:
         row["fd_over_n1"] = row["fd"] / rows[0]["fd"]
     save_grid(GRID, images, params.sample.grid_rows)
@@ -64,10 +65,10 @@ def main(params: Params) -> None:
                          "metric": metric,  # what "fd" is: fd_trained, or fid with Inception
                          "num_outputs": num, **{f"n{row['num_candidates']}": row for row in rows}})
     table = Table(title=f"inference-time scaling, tau = {p.tau} ({verifier or 'no verifier'})")
-    for column in ("N", metric, "x N=1", "gen + ratio evals", "s / output", "mean ESS"):
+    for column in ("N", metric, "x N=1", "uniform pick", "gen + ratio evals", "s / output", "mean ESS"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(str(row["num_candidates"]), f"{row['fd']:.4g}", f"{row['fd_over_n1']:.3f}",
+        table.add_row(str(row["num_candidates"]), f"{row['fd']:.4g}", f"{row['fd_over_n1']:.3f}", f"{row['fd_uniform_pick']:.4g}",
                       f"{row['generator_evals_per_output']} + {row['ratio_evals_per_output']}",
                       f"{row['seconds_per_output']:.5f}", f"{row['mean_ess']:.2f}")
     console.print(table)

@@ -14,7 +14,12 @@ from pipeline.encoders import IdentityEncoder
 from pipeline.generator import OneStepGenerator
 from pipeline.models import build_denoiser, denoiser_config
 from pipeline.networks import count_parameters
-from pipeline.ratio_net import build_ratio_net, init_from_score, load_ratio_net, ratio_config
+from pipeline.ratio_net import (
+    build_ratio_net,
+    init_from_score,
+    load_ratio_net,
+    ratio_config,
+)
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import run_training
 from pipeline.vsd import VSDTraining

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from pipeline.sampling import seeded_noise
-from pipeline.scaling import effective_sample_size, gumbel_noise, pick, resampling_probabilities, scaled_generate
+from pipeline.scaling import (
+    effective_sample_size,
+    gumbel_noise,
+    pick,
+    resampling_probabilities,
+    scaled_generate,
+)
 
 MU_P, STD_P = 1.0, 0.6  # p = N(1, 0.6^2); candidates come from q = N(0, 1)
 
@@ -56,13 +62,15 @@ def test_scaled_generation_is_batch_size_independent_and_n1_is_the_plain_sample(
 
     shape, device = (1, 2, 2), torch.device("cpu")
     runs = [scaled_generate(generator, log_weight, 10, 4, 1.0, batch, 7, shape, 3, device) for batch in (3, 10)]
-    assert torch.equal(runs[0][0], runs[1][0]) and np.array_equal(runs[0][1], runs[1][1])
-    assert runs[0][1].tolist() == [i % 3 for i in range(10)]
-    plain, labels, ess = scaled_generate(generator, None, 10, 1, 1.0, 4, 7, shape, 3, device)
+    for a, b in zip(runs[0][:3], runs[1][:3]):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert runs[0][2].tolist() == [i % 3 for i in range(10)]
+    plain, control, labels, ess = scaled_generate(generator, None, 10, 1, 1.0, 4, 7, shape, 3, device)
     expected = 2 * seeded_noise(7 + np.arange(10), shape, device) + torch.as_tensor(labels).view(-1, 1, 1, 1)
-    assert torch.equal(plain, expected) and ess == 1.0
-    # every pick is one of its output's own candidates, of its own class
+    assert torch.equal(plain, expected) and torch.equal(control, expected) and ess == 1.0
+    # every pick (and every control pick) is one of its output's own candidates, of its own class
     for i in range(10):
         candidates = [generator(seeded_noise(np.array([7 + i + j * 10]), shape, device), torch.tensor([i % 3]))
                       for j in range(4)]
         assert any(torch.equal(runs[0][0][i], c[0]) for c in candidates)
+        assert any(torch.equal(runs[0][1][i], c[0]) for c in candidates)
