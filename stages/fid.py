@@ -7,7 +7,7 @@ from pipeline.config import Params
 from pipeline.fid import frechet_distance, load_reference, statistics
 from pipeline.stage import console, pick_device, run_stage
 
-ROWS = ("teacher", "generator_init", "generator")  # sample sets under data/samples, in report order
+ROWS = ("teacher", "generator_init", "generator", "generator_online")  # data/samples/<row>.npz, in report order
 METRICS = "metrics/fid.json"
 
 

@@ -2,7 +2,9 @@
 
     teacher         the score net through EDM Heun (sample.nfe evaluations)
     generator_init  the one-step generator at initialisation: the score net's denoiser once at t_init
-    generator       the trained one-step DiffRatio generator (EMA weights)
+    generator       the trained one-step generator (EMA weights)
+    generator_online  the same generator's raw weights at the end of training (a diagnostic: the auxiliary
+                    net was trained against these, not against the EMA)
 
 All rows use the same per-sample seeds and labels, so row i of every set starts from the same noise.
 """
@@ -28,11 +30,13 @@ def main(params: Params) -> None:
     encoder, _, _ = load_encoded("data/encoded", device)
     teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
     generator, generator_config = load_generator("data/train/generator", device)
+    online, _ = load_generator("data/train/generator_online", device)
     sigmas = heun_sigmas(p.nfe, p.sigma_min, p.sigma_max, p.rho)
     rows = {  # name: (draw(unit noise, labels) -> model-space sample, network evaluations per sample)
         "teacher": (lambda z, c: edm_heun(teacher, z, c, sigmas), p.nfe),
         "generator_init": (OneStepGenerator(teacher, generator_config["t_init"]), 1),
         "generator": (generator, 1),
+        "generator_online": (online, 1),
     }
     shape = (config["channels"], config["resolution"], config["resolution"])
     with atomic_path(OUT) as tmp:

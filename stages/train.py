@@ -1,5 +1,6 @@
 """train: a one-step generator (initialised from the score net, or randomly with train.init: random) and its
-auxiliary network -> data/train/{generator, ratio | fake_score}, curves and per-noise-level diagnostics.
+auxiliary network -> data/train/{generator (EMA), generator_online, ratio | fake_score}, curves and
+per-noise-level diagnostics.
 
     method diffratio  a density-ratio net (the score net's encoder with a logit head); no teacher evaluated
     method vsd        the teacher-supervised baseline: frozen teacher + online fake score net
@@ -60,7 +61,10 @@ def main(params: Params) -> None:
         levels = task.diagnose()
         with atomic_path(OUT) as tmp:
             tmp.mkdir()
-            save_generator(tmp / "generator", task.ema["generator"], generator_config(score_config, p.t_init))
+            config = generator_config(score_config, p.t_init)
+            save_generator(tmp / "generator", task.ema["generator"], config)
+            # the raw (non-EMA) weights: the generator the auxiliary net was trained against
+            save_generator(tmp / "generator_online", task.networks["generator"], config)
             save_weights(tmp / task.auxiliary, task.networks[task.auxiliary].state_dict(), auxiliary_config)
         write_csv(CURVES, state.curves)
         write_csv(LEVELS, levels)
