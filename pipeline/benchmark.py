@@ -14,7 +14,6 @@ Run `dvc repro pretrain` first. Figures depend on the machine: the table names t
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import subprocess
@@ -26,18 +25,15 @@ from rich.table import Table
 
 from pipeline.artifacts import write_json
 from pipeline.config import Params, load_params
-from pipeline.diffratio import DiffRatioTraining
-from pipeline.divergences import DIVERGENCES
 from pipeline.encoders import load_encoded
 from pipeline.errors import PipelineError
 from pipeline.generator import OneStepGenerator
 from pipeline.measure import PeakMemory, StepTimer
+from pipeline.methods import build_task
 from pipeline.models import load_denoiser
-from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
 from pipeline.sampling import edm_heun, heun_sigmas
 from pipeline.stage import pick_device
 from pipeline.training_data import TrainingData
-from pipeline.vsd import VSDTraining
 
 METRICS = "metrics/bench.json"
 console = Console()
@@ -77,15 +73,8 @@ def training_step(params: Params, method: str, device: torch.device, steps: int)
     encoder, stored, labels = load_encoded("data/encoded", device)
     data = TrainingData(encoder, stored, labels, device)
     teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
-    conditional = config["num_classes"] > 0
-    torch.manual_seed(p.seed)
     memory = PeakMemory(device)
-    generator = OneStepGenerator(copy.deepcopy(teacher), p.t_init).requires_grad_(True)
-    if method == "diffratio":
-        ratio = init_from_score(build_ratio_net(ratio_config(config)), teacher).to(device)
-        task = DiffRatioTraining(generator, ratio, data, p, DIVERGENCES[params.divergence], conditional)
-    else:
-        task = VSDTraining(generator, copy.deepcopy(teacher).requires_grad_(True), teacher, data, p, conditional)
+    task, _ = build_task(params.model_copy(update={"method": method}), teacher, config, data, device)
     seconds = timed(lambda: task.step(p.batch_size), steps, device)
     return {"seconds_per_step": seconds, "peak_memory_mib": memory.peak_mib(), "memory_kind": memory.kind}
 
@@ -119,8 +108,8 @@ def main() -> None:
             print(json.dumps(training_step(params, args.step, device, args.steps)))
             return
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        result = {"device": name, "threads": torch.get_num_threads(), "sampling": sampling(params, device, args.repeats),
-                  "training": training(params, args.steps)}
+        result = {"device": name, "threads": torch.get_num_threads(),
+                  "sampling": sampling(params, device, args.repeats), "training": training(params, args.steps)}
     except PipelineError as exc:
         raise SystemExit(f"error: {exc}") from None
     write_json(METRICS, result)

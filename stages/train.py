@@ -8,26 +8,20 @@ per-noise-level diagnostics.
 Interrupted runs resume from data/checkpoints/train on the next `dvc repro`.
 """
 
-import copy
 import statistics
 import time
 
-import torch
-
 from pipeline.artifacts import atomic_path, save_weights, write_csv, write_json
 from pipeline.config import Params
-from pipeline.diffratio import DiffRatioTraining
-from pipeline.divergences import DIVERGENCES
 from pipeline.encoders import load_encoded
-from pipeline.generator import OneStepGenerator, generator_config, save_generator
+from pipeline.generator import generator_config, save_generator
 from pipeline.measure import PeakMemory
-from pipeline.models import build_denoiser, load_denoiser
+from pipeline.methods import build_task
+from pipeline.models import load_denoiser
 from pipeline.networks import count_parameters
-from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
 from pipeline.stage import console, pick_device, run_stage
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import fingerprint, run_training
-from pipeline.vsd import VSDTraining
 
 OUT, CHECKPOINT = "data/train", "data/checkpoints/train"
 CURVES, LEVELS, METRICS = "metrics/train_curves.csv", "metrics/train_noise_levels.csv", "metrics/train.json"
@@ -39,17 +33,8 @@ def main(params: Params) -> None:
     encoder, stored, labels = load_encoded("data/encoded", device)
     data = TrainingData(encoder, stored, labels, device)
     teacher, score_config = load_denoiser("data/pretrain/score", device, "pretrain")
-    conditional = score_config["num_classes"] > 0
-    torch.manual_seed(p.seed)
-    start = copy.deepcopy(teacher) if p.init == "teacher" else build_denoiser(score_config).to(device)
-    generator = OneStepGenerator(start, p.t_init).requires_grad_(True)
-    if params.method == "diffratio":
-        auxiliary_config = ratio_config(score_config)
-        auxiliary = init_from_score(build_ratio_net(auxiliary_config), teacher).to(device)
-        task = DiffRatioTraining(generator, auxiliary, data, p, DIVERGENCES[params.divergence], conditional)
-    else:  # the fake score net starts as the teacher
-        auxiliary_config, auxiliary = score_config, copy.deepcopy(teacher).requires_grad_(True)
-        task = VSDTraining(generator, auxiliary, teacher, data, p, conditional)
+    task, auxiliary_config = build_task(params, teacher, score_config, data, device)
+    generator, auxiliary = task.networks["generator"], task.networks[task.auxiliary]
     divergence = params.divergence if params.method == "diffratio" else "dikl"  # vsd: the reverse-KL gradient
     counts = {"generator_parameters": count_parameters(generator),
               "auxiliary_parameters": count_parameters(auxiliary)}

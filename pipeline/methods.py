@@ -1,0 +1,35 @@
+"""The stage-2 methods by name: build the training task for `method` from the pretrained teacher."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from pipeline.config import Params
+from pipeline.diffratio import DiffRatioTraining
+from pipeline.divergences import DIVERGENCES
+from pipeline.generator import OneStepGenerator
+from pipeline.models import build_denoiser
+from pipeline.one_step_training import OneStepTraining
+from pipeline.preconditioning import Denoiser
+from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
+from pipeline.training_data import TrainingData
+from pipeline.vsd import VSDTraining
+
+
+def build_task(params: Params, teacher: Denoiser, score_config: dict, data: TrainingData,
+               device: torch.device) -> tuple[OneStepTraining, dict]:
+    """The task for params.method and the config its auxiliary net is saved with. Seeds torch with
+    train.seed first, so the fresh parts (a random generator, the ratio net's head) are reproducible."""
+    p = params.train
+    conditional = score_config["num_classes"] > 0
+    torch.manual_seed(p.seed)
+    start = copy.deepcopy(teacher) if p.init == "teacher" else build_denoiser(score_config).to(device)
+    generator = OneStepGenerator(start, p.t_init).requires_grad_(True)
+    if params.method == "diffratio":
+        config = ratio_config(score_config)
+        ratio = init_from_score(build_ratio_net(config), teacher).to(device)
+        return DiffRatioTraining(generator, ratio, data, p, DIVERGENCES[params.divergence], conditional), config
+    fake = copy.deepcopy(teacher).requires_grad_(True)  # the fake score net starts as the teacher
+    return VSDTraining(generator, fake, teacher, data, p, conditional), score_config
