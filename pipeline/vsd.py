@@ -24,15 +24,15 @@ from pipeline.training_data import TrainingData
 def score_difference_loss(fake: Denoiser, teacher: Denoiser, x_gen: torch.Tensor, sigma: torch.Tensor,
                           labels: torch.Tensor | None, weighting: str, noise: torch.Tensor | None = None
                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The surrogate L_G (mean of the per-sample `terms`) and, per sample, the x-space update and w.
-    `noise` defaults to fresh N(0, I)."""
+    """The surrogate L_G (mean of the per-sample `terms`) and, per sample, the weighted x-space update
+    w (D_fake - D_teacher) / s^2 it pushes x_s along. `noise` defaults to fresh N(0, I)."""
     s = sigma.view(-1, *([1] * (x_gen.dim() - 1)))
     x_s = x_gen + s * (torch.randn_like(x_gen) if noise is None else noise)
     with torch.no_grad():
         update = (fake(x_s, sigma, labels) - teacher(x_s, sigma, labels)) / s**2
-    w = noise_weight(sigma, weighting, update)
-    terms = w * (update * x_s).flatten(1).sum(1)
-    return terms.mean(), {"terms": terms, "update": update, "w": w}
+    update = noise_weight(sigma, weighting, update).view_as(s) * update
+    terms = (update * x_s).flatten(1).sum(1)
+    return terms.mean(), {"terms": terms, "update": update}
 
 
 class VSDTraining(OneStepTraining):
@@ -55,8 +55,7 @@ class VSDTraining(OneStepTraining):
     def generator_loss(self, x_gen, sigma, labels):
         loss, out = score_difference_loss(self.networks["fake_score"], self.teacher, x_gen, sigma, labels,
                                           self.p.weighting)
-        update = out["w"].view(-1, *([1] * (x_gen.dim() - 1))) * out["update"]
-        return loss, {"update_norm": update.flatten(1).norm(dim=1).mean()}
+        return loss, {"update_norm": out["update"].flatten(1).norm(dim=1).mean()}
 
     def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
         """The fake score net's denoising loss on generated samples, and the mean norm of the per-sample
@@ -67,5 +66,4 @@ class VSDTraining(OneStepTraining):
             x_fake = self.generate(labels, n)
             loss = denoising_loss(fake, x_fake, labels, sigma).mean()
         _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, self.p.weighting)
-        update = out["w"].view(-1, *([1] * (x_fake.dim() - 1))) * out["update"]
-        return {"fake_score_loss": loss.item(), "update_norm": update.flatten(1).norm(dim=1).mean().item()}
+        return {"fake_score_loss": loss.item(), "update_norm": out["update"].flatten(1).norm(dim=1).mean().item()}

@@ -43,6 +43,7 @@ def main(params: Params) -> None:
     started = time.perf_counter()
 
     def finish(state) -> None:
+        peak_mib = memory.peak_mib()  # of training, before the diagnostics below allocate anything
         levels = task.diagnose()
         with atomic_path(OUT) as tmp:
             tmp.mkdir()
@@ -50,7 +51,7 @@ def main(params: Params) -> None:
             save_generator(tmp / "generator", task.ema["generator"], config)
             # the raw (non-EMA) weights: the generator the auxiliary net was trained against
             save_generator(tmp / "generator_online", task.networks["generator"], config)
-            save_weights(tmp / task.auxiliary, task.networks[task.auxiliary].state_dict(), auxiliary_config)
+            save_weights(tmp / task.auxiliary, auxiliary.state_dict(), auxiliary_config)
         write_csv(CURVES, state.curves)
         write_csv(LEVELS, levels)
         last = state.curves[-1]
@@ -61,7 +62,7 @@ def main(params: Params) -> None:
             "images": state.images, "steps": state.steps,
             **{k: last[k] for k in ("ratio_loss", "acc_real", "acc_fake", "fake_score_loss") if k in last},
             "seconds_per_step": statistics.median(row["step_seconds"] for row in state.curves),
-            "peak_memory_mib": memory.peak_mib(), "memory_kind": memory.kind, "device": device.type,
+            "peak_memory_mib": peak_mib, "memory_kind": memory.kind, "device": device.type,
             "seconds_this_run": time.perf_counter() - started})
 
     state = run_training(task, p, CHECKPOINT, run_id, device, f"train {params.method} ({divergence})", finish, p.seed)
