@@ -24,6 +24,17 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ComputeParams(Section):
+    """How the stages run. Results do not depend on `processes` or on the per-process batches (up to float
+    rounding); `precision` changes the arithmetic."""
+
+    processes: int = Field(ge=1)  # processes per distributed stage under torchrun: one per GPU
+    precision: Literal["fp32", "bf16"]  # bf16: CUDA autocast, fp32 logits and loss reductions
+    tf32: bool  # CUDA: TF32 tensor cores for the fp32 matmuls and convolutions
+    channels_last: bool  # NHWC memory layout of the trained networks
+    compile: bool  # torch.compile the trained networks
+
+
 class PrepareParams(Section):
     source: Literal["digits", "cifar10", "imagefolder", "synthetic"]
     path: str | None  # the CIFAR-10 archive or the class-per-folder tree; unused by digits/synthetic
@@ -31,6 +42,7 @@ class PrepareParams(Section):
     holdout: int = Field(ge=2)  # images held out of training: the real-data floor of FID/FD
     max_images: int | None = Field(ge=1)  # optional subset (synthetic: the number of images made)
     on_bad_image: Literal["fail", "skip"]
+    shard_size: int = Field(ge=1)  # images per shard file (streamed one shard at a time)
 
     @model_validator(mode="after")
     def _path_given(self) -> PrepareParams:
@@ -50,6 +62,7 @@ class EncodeParams(Section):
 class ReferenceParams(Section):
     extractor: Literal["auto", "inception", "trained"]  # auto: inception when its weights are present
     inception_path: str | None  # clean-fid's inception-2015-12-05.pt; null: clean-fid's own cache
+    stats_path: str | None  # given reference statistics (.npz with mu, sigma) instead of the training split's
     feature_dim: int = Field(ge=2)  # trained extractor: width of the feature layer
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
@@ -73,7 +86,9 @@ class NetworkParams(Section):
 class LoopParams(Section):
     """What every training stage shares: sizes and durations are counted in images, not steps."""
 
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1)  # the global batch of one optimisation step, over all processes
+    batch_per_process: int | None = Field(ge=1)  # rows per forward pass; fewer than batch_size / processes
+    # accumulate gradients over several passes (null: batch_size / processes, no accumulation)
     duration_images: int = Field(ge=1)
     lr_rampup_images: int = Field(ge=0)
     ema_halflife_images: float = Field(ge=0)
@@ -197,6 +212,7 @@ class Params(Section):
     method: Literal["diffratio", "vsd"]
     divergence: Literal[tuple(DIVERGENCES)]  # type: ignore[valid-type]
     device: Literal["auto", "cpu", "cuda"]
+    compute: ComputeParams
     prepare: PrepareParams
     encode: EncodeParams
     reference: ReferenceParams
@@ -206,6 +222,20 @@ class Params(Section):
     fid: FidParams
     scale: ScaleParams
     gradient_bias: GradientBiasParams
+
+    @model_validator(mode="after")
+    def _batches_split(self) -> Params:
+        processes = self.compute.processes
+        for name, loop in (("pretrain", self.pretrain), ("train", self.train)):
+            if loop.batch_size % processes:
+                raise ValueError(f"{name}.batch_size = {loop.batch_size} does not split over compute.processes = "
+                                 f"{processes}: make it a multiple of {processes}")
+            per = loop.batch_size // processes
+            if loop.batch_per_process is not None and per % loop.batch_per_process:
+                raise ValueError(f"{name}.batch_per_process = {loop.batch_per_process} does not divide the "
+                                 f"{per} rows each process gets ({name}.batch_size / compute.processes): use a "
+                                 f"divisor of {per}, or null")
+        return self
 
     @model_validator(mode="after")
     def _scale_within_training(self) -> Params:

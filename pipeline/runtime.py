@@ -1,0 +1,117 @@
+"""Where and how a stage runs: the device, its share of the processes under torchrun, and the numerics.
+
+`dvc repro` starts the distributed stages (encode, pretrain, train, sample, fid) with
+`torchrun --nproc_per_node <compute.processes>`; every process builds a `Runtime` from torchrun's
+environment. One process per GPU (NCCL), or several CPU processes (gloo). With one process nothing is
+initialised and every collective below is a no-op, so the single-process path is plain PyTorch.
+
+Work is split by index, never by chance: a process takes a fixed share of the rows of a batch, of the
+samples or of the images, so that what is computed does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pipeline.config import ComputeParams
+from pipeline.errors import PipelineError
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("device: cuda was asked for but no CUDA device is visible: set device: auto or cpu")
+    if setting == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    compute: ComputeParams
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """The process that writes the outputs (rank 0)."""
+        return self.rank == 0
+
+    def share(self, count: int) -> range:
+        """This process's items of `count` (round-robin), e.g. sample batches or image shards."""
+        return range(self.rank, count, self.world)
+
+    def rows(self, size: int) -> slice:
+        """This process's contiguous rows of a batch of `size` (divisible by the number of processes)."""
+        per = size // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The element-wise sum over processes (in place; a tensor on this process's device)."""
+        if self.world > 1:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def gather(self, obj: object) -> list:
+        """Every process's `obj`, in rank order, on every process."""
+        if self.world == 1:
+            return [obj]
+        out: list = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when compute.precision is bf16 (matmuls and convolutions; norms, logits and losses
+        stay fp32), otherwise nothing."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.compute.precision == "bf16")
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        """A trained network as the process runs it: channels_last, DDP across processes, torch.compile,
+        as compute asks. Weights stay shared with `net`, which is what EMA, checkpoints and outputs read."""
+        if self.compute.channels_last:
+            net.to(memory_format=torch.channels_last)
+        run: nn.Module = net
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            run = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.compute.compile:
+            run = torch.compile(run)
+        return run
+
+
+def start(device_setting: str, compute: ComputeParams, distributed: bool) -> Runtime:
+    """The Runtime of this process. A distributed stage checks that torchrun started as many processes as
+    compute.processes says (the value DVC tracks) and joins the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if distributed and world != compute.processes:
+        how = ("run it through `dvc repro`, whose commands use torchrun" if world == 1
+               else f"set compute.processes: {world}, or launch {compute.processes} processes")
+        raise PipelineError(f"compute.processes = {compute.processes} but {world} process(es) were started: {how}")
+    device = pick_device(device_setting)
+    rank = int(os.environ.get("RANK", "0")) if distributed else 0
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = compute.tf32
+        torch.backends.cudnn.allow_tf32 = compute.tf32
+        if distributed and world > 1:
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+    if distributed and world > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                device_id=device if device.type == "cuda" else None)
+        return Runtime(device, compute, rank, world)
+    return Runtime(device, compute)
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
