@@ -22,7 +22,8 @@ from safetensors.torch import load_file, save_file
 from pipeline.errors import PipelineError
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """Delete a file, link or folder tree."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
@@ -38,11 +39,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         if target.exists() and target.is_dir():
-            _remove(target)
+            remove(target)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
-            _remove(tmp)
+            remove(tmp)
 
 
 def write_json(path: str | Path, obj: object) -> None:

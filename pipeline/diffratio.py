@@ -15,41 +15,42 @@ from pipeline.noise_levels import sample_noise_levels
 from pipeline.one_step_training import OneStepTraining
 from pipeline.ratio_losses import generator_loss, ratio_loss
 from pipeline.ratio_net import RatioNet
+from pipeline.runtime import Runtime
 from pipeline.training_data import TrainingData
+from pipeline.training_task import Draws
 
 
 class DiffRatioTraining(OneStepTraining):
     auxiliary = "ratio"
 
     def __init__(self, generator: OneStepGenerator, ratio: RatioNet, data: TrainingData, p: TrainParams,
-                 divergence: Divergence, conditional: bool):
-        super().__init__(generator, ratio, data, p, conditional)
+                 divergence: Divergence, conditional: bool, runtime: Runtime):
         self.divergence = divergence
+        super().__init__(generator, ratio, data, p, conditional, runtime)
 
-    def auxiliary_step(self, batch_size: int) -> dict[str, torch.Tensor]:
-        x_real, labels = self.batch(batch_size)
+    def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x_real, labels = self.batch(draws)
         with torch.no_grad():
-            x_fake = self.generate(labels, batch_size)
-        sigma = sample_noise_levels(batch_size, self.p.ratio_noise, self.data.device)
-        loss, logits = ratio_loss(self.networks["ratio"], x_fake, x_real, labels, sigma)
-        self.optimizer_step("ratio", loss)
-        return {"ratio_loss": loss.detach(), "acc_real": (logits["d_real"] < 0).float().mean(),
-                "acc_fake": (logits["d_fake"] > 0).float().mean(), "d_real": logits["d_real"].mean(),
-                "d_fake": logits["d_fake"].mean()}
+            x_fake = self.generate(labels, draws)
+        sigma = sample_noise_levels(draws, self.p.ratio_noise)
+        loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws)
+        return loss, {"ratio_loss": loss, "acc_real": (logits["d_real"] < 0).float().mean(),
+                      "acc_fake": (logits["d_fake"] > 0).float().mean(), "d_real": logits["d_real"].mean(),
+                      "d_fake": logits["d_fake"].mean()}
 
-    def generator_loss(self, x_gen, sigma, labels):
+    def generator_loss(self, x_gen, sigma, labels, draws):
         loss, out = generator_loss(self.networks["ratio"], x_gen, sigma, labels, self.divergence, self.p.weighting,
-                                   self.p.logit_clamp)
+                                   self.p.logit_clamp, noise=draws.randn(*x_gen.shape[1:]))
         return loss, {"h_mean": out["h"].mean()}
 
     def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
         """The ratio net's accuracy and mean logit on real and generated samples, the weights h, and the mean
         norm of the per-sample x-space update w h grad_x d."""
-        n, p, ratio = len(sigma), self.p, self.networks["ratio"]
-        x_real, labels = self.batch(n)
+        p, ratio, draws = self.p, self.networks["ratio"], Draws(len(sigma), sigma.device)
+        x_real, labels = self.batch(draws)
         with torch.no_grad():
-            x_fake = self.generate(labels, n)
-            _, logits = ratio_loss(ratio, x_fake, x_real, labels, sigma)
+            x_fake = self.generate(labels, draws)
+            _, logits = ratio_loss(ratio, x_fake, x_real, labels, sigma, draws)
         x_in = x_fake.requires_grad_(True)  # so that x_s carries a gradient to read
         _, out = generator_loss(ratio, x_in, sigma, labels, self.divergence, p.weighting, p.logit_clamp)
         (grad,) = torch.autograd.grad(out["terms"].sum(), out["x_s"])

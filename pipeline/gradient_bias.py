@@ -29,6 +29,7 @@ from pipeline.config import GradientBiasParams
 from pipeline.divergences import DIVERGENCES
 from pipeline.noise_levels import sample_noise_levels
 from pipeline.preconditioning import Denoiser, denoising_loss, edm_coefficients
+from pipeline.training_task import Draws
 from pipeline.ratio_losses import generator_loss, ratio_loss
 from pipeline.vsd import score_difference_loss
 
@@ -135,7 +136,7 @@ def run(p: GradientBiasParams, seed: int) -> list[dict]:
 
     n = p.eval_samples  # the shared evaluation draw
     z, eps = torch.randn(n, p.dim, 1, 1), torch.randn(n, p.dim, 1, 1)
-    sigma = sample_noise_levels(n, p.noise, torch.device("cpu"))
+    sigma = sample_noise_levels(Draws(n, torch.device("cpu")), p.noise)
 
     def exact_logit(x, s, labels=None):
         return generator.log_prob(x, s) - data.log_prob(x, s)
@@ -161,13 +162,14 @@ def run(p: GradientBiasParams, seed: int) -> list[dict]:
     rows, steps = [], 0
     for budget in p.budgets:
         while steps < budget:
-            s = sample_noise_levels(p.batch_size, p.noise, torch.device("cpu"))
+            draws = Draws(p.batch_size, torch.device("cpu"))
+            s = sample_noise_levels(draws, p.noise)
             with torch.no_grad():
                 fake = generator(torch.randn(p.batch_size, p.dim, 1, 1))
             real = data.sample(p.batch_size)
-            losses = {"ratio": ratio_loss(nets["ratio"], fake, real, None, s)[0],
-                      "teacher": denoising_loss(nets["teacher"], real, None, s).mean(),
-                      "fake": denoising_loss(nets["fake"], fake, None, s).mean()}
+            losses = {"ratio": ratio_loss(nets["ratio"], fake, real, None, s, draws)[0],
+                      "teacher": denoising_loss(nets["teacher"], real, None, s, draws.randn(p.dim, 1, 1)).mean(),
+                      "fake": denoising_loss(nets["fake"], fake, None, s, draws.randn(p.dim, 1, 1)).mean()}
             for name, loss in losses.items():
                 opts[name].zero_grad(set_to_none=True)
                 loss.backward()

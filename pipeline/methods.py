@@ -13,23 +13,25 @@ from pipeline.generator import OneStepGenerator
 from pipeline.models import build_denoiser
 from pipeline.one_step_training import OneStepTraining
 from pipeline.preconditioning import Denoiser
+from pipeline.runtime import Runtime
 from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
 from pipeline.training_data import TrainingData
 from pipeline.vsd import VSDTraining
 
 
 def build_task(params: Params, teacher: Denoiser, score_config: dict, data: TrainingData,
-               device: torch.device) -> tuple[OneStepTraining, dict]:
+               runtime: Runtime) -> tuple[OneStepTraining, dict]:
     """The task for params.method and the config its auxiliary net is saved with. Seeds torch with
     train.seed first, so the fresh parts (a random generator, the ratio net's head) are reproducible."""
     p = params.train
     conditional = score_config["num_classes"] > 0
     torch.manual_seed(p.seed)
-    start = copy.deepcopy(teacher) if p.init == "teacher" else build_denoiser(score_config).to(device)
+    start = copy.deepcopy(teacher) if p.init == "teacher" else build_denoiser(score_config).to(runtime.device)
     generator = OneStepGenerator(start, p.t_init).requires_grad_(True)
     if params.method == "diffratio":
         config = ratio_config(score_config)
-        ratio = init_from_score(build_ratio_net(config), teacher).to(device)
-        return DiffRatioTraining(generator, ratio, data, p, DIVERGENCES[params.divergence], conditional), config
+        ratio = init_from_score(build_ratio_net(config), teacher).to(runtime.device)
+        return (DiffRatioTraining(generator, ratio, data, p, DIVERGENCES[params.divergence], conditional, runtime),
+                config)
     fake = copy.deepcopy(teacher).requires_grad_(True)  # the fake score net starts as the teacher
-    return VSDTraining(generator, fake, teacher, data, p, conditional), score_config
+    return VSDTraining(generator, fake, teacher, data, p, conditional, runtime), score_config

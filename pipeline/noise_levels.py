@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import NoiseParams
+from pipeline.training_task import Draws
 
 
-def sample_noise_levels(n: int, p: NoiseParams, device: torch.device) -> torch.Tensor:
+def sample_noise_levels(draws: Draws, p: NoiseParams) -> torch.Tensor:
+    """One noise level per row of `draws`."""
     if p.distribution == "lognormal":
-        sigma = (torch.randn(n, device=device) * p.p_std + p.p_mean).exp()
+        sigma = (draws.randn() * p.p_std + p.p_mean).exp()
         return sigma.clamp(p.sigma_min, p.sigma_max)
-    u = torch.rand(n, device=device)
+    u = draws.rand()
     lo, hi = p.sigma_min ** (1 / p.rho), p.sigma_max ** (1 / p.rho)
     return (lo + u * (hi - lo)) ** p.rho
 

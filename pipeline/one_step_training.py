@@ -18,40 +18,41 @@ from torch import nn
 from pipeline.config import TrainParams
 from pipeline.generator import OneStepGenerator
 from pipeline.noise_levels import sample_noise_levels
+from pipeline.runtime import Runtime
 from pipeline.training_data import TrainingData
+from pipeline.training_task import Draws, TrainingTask
 
 
-def grad_norm(module: nn.Module) -> torch.Tensor:
-    return torch.sqrt(sum(p.grad.pow(2).sum() for p in module.parameters() if p.grad is not None))
-
-
-class OneStepTraining(ABC):
+class OneStepTraining(TrainingTask, ABC):
     auxiliary: str  # the name of the auxiliary network in `networks`, checkpoints and artifacts
 
     def __init__(self, generator: OneStepGenerator, auxiliary: nn.Module, data: TrainingData, p: TrainParams,
-                 conditional: bool):
+                 conditional: bool, runtime: Runtime):
         self.data, self.p, self.conditional = data, p, conditional
-        self.networks = {"generator": generator.train(), self.auxiliary: auxiliary.train()}
-        self.ema = {"generator": copy.deepcopy(generator).eval().requires_grad_(False)}
-        self.optimizers = {
+        networks = {"generator": generator.train(), self.auxiliary: auxiliary.train()}
+        ema = {"generator": copy.deepcopy(generator).eval().requires_grad_(False)}
+        optimizers = {
             "generator": torch.optim.Adam(generator.parameters(), lr=p.generator_lr, betas=p.generator_betas),
             self.auxiliary: torch.optim.Adam(auxiliary.parameters(), lr=p.ratio_lr, betas=p.ratio_betas),
         }
+        super().__init__(networks, ema, optimizers, p, runtime)
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        x, labels = self.data.batch(n)
+    def batch(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x, labels = self.data.batch(draws)
         return x, labels if self.conditional else None
 
-    def generate(self, labels: torch.Tensor | None, n: int) -> torch.Tensor:
-        z = torch.randn(n, *self.data.sample_shape, device=self.data.device)
-        return self.networks["generator"](z, labels)
+    def generate(self, labels: torch.Tensor | None, draws: Draws, generator: nn.Module | None = None) -> torch.Tensor:
+        """G(z, labels) for fresh z, through `generator` (default: the weights, e.g. without gradients)."""
+        z = draws.randn(*self.data.sample_shape)
+        return (generator or self.networks["generator"])(z, labels)
 
     @abstractmethod
-    def auxiliary_step(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """One update of the auxiliary network; returns scalars to log."""
+    def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The auxiliary network's loss on the rows of `draws` (fresh generated, and for DiffRatio real,
+        samples), and scalars to log."""
 
     @abstractmethod
-    def generator_loss(self, x_gen: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None
+    def generator_loss(self, x_gen: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None, draws: Draws
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The surrogate whose gradient is the method's generator gradient (the auxiliary net is frozen),
         and scalars to log."""
@@ -69,22 +70,19 @@ class OneStepTraining(ABC):
                                                                         device=self.data.device))}
                 for level in levels]
 
-    def step(self, batch_size: int) -> dict[str, torch.Tensor]:
-        generator, auxiliary = self.networks["generator"], self.networks[self.auxiliary]
-        auxiliary.requires_grad_(True)
-        for _ in range(self.p.ratio_steps):
-            logs = self.auxiliary_step(batch_size)
-        auxiliary.requires_grad_(False)
-        _, labels = self.batch(batch_size)  # class labels follow the data's label distribution
-        sigma = sample_noise_levels(batch_size, self.p.generator_noise, self.data.device)
-        loss_g, generator_logs = self.generator_loss(self.generate(labels, batch_size), sigma, labels)
-        self.optimizers["generator"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        norm = grad_norm(generator)
-        self.optimizers["generator"].step()
-        return {**logs, **generator_logs, "grad_norm": norm}
+    def generator_step_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, labels = self.batch(draws)  # class labels follow the data's label distribution
+        sigma = sample_noise_levels(draws, self.p.generator_noise)
+        return self.generator_loss(self.generate(labels, draws, self.run["generator"]), sigma, labels, draws)
 
-    def optimizer_step(self, name: str, loss: torch.Tensor) -> None:
-        self.optimizers[name].zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizers[name].step()
+    def step(self) -> dict[str, torch.Tensor]:
+        auxiliary = self.networks[self.auxiliary]
+        auxiliary.requires_grad_(True)
+        skipped = 0
+        for _ in range(self.p.ratio_steps):
+            logs, _ = self.update(self.auxiliary, self.auxiliary_loss)
+            skipped += logs.pop("skipped")
+        auxiliary.requires_grad_(False)
+        generator_logs, norm = self.update("generator", self.generator_step_loss)
+        skipped += generator_logs.pop("skipped")
+        return {**logs, **generator_logs, "grad_norm": norm, "skipped": skipped}

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.training_task import Draws
+
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     """(c_skip, c_out, c_in, c_noise) for a tensor of noise levels."""
@@ -38,24 +40,20 @@ class Denoiser(nn.Module):
         return c_skip * x + c_out * f.float()
 
 
-def sample_sigma(n: int, p_mean: float, p_std: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
-    return (torch.randn(n, device=device, generator=generator) * p_std + p_mean).exp()
-
-
 def denoising_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, sigma: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-sample lambda(s)-weighted denoising loss at the given noise levels (mean over pixels)."""
-    noise = torch.randn(x0.shape, device=x0.device, generator=generator)
+                   noise: torch.Tensor) -> torch.Tensor:
+    """Per-sample lambda(s)-weighted denoising loss at the given noise levels and N(0, I) noise (mean over
+    pixels)."""
     denoised = denoiser(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma, labels)
     weight = loss_weight(sigma, denoiser.sigma_data).view(-1, 1, 1, 1)
     return (weight * (denoised - x0) ** 2).flatten(1).mean(1)
 
 
 def edm_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, p_mean: float, p_std: float,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             draws: Draws) -> torch.Tensor:
     """EDM's loss: the denoising loss at log-normal noise levels, per sample, so callers can reduce or bucket it."""
-    sigma = sample_sigma(x0.shape[0], p_mean, p_std, x0.device, generator)
-    return denoising_loss(denoiser, x0, labels, sigma, generator)
+    sigma = (draws.randn() * p_std + p_mean).exp()
+    return denoising_loss(denoiser, x0, labels, sigma, draws.randn(*x0.shape[1:]))
 
 
 def score(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor | float, labels=None) -> torch.Tensor:

@@ -8,22 +8,24 @@ import torch
 
 from pipeline.config import PretrainParams
 from pipeline.preconditioning import Denoiser, edm_loss
+from pipeline.runtime import Runtime
 from pipeline.training_data import TrainingData
+from pipeline.training_task import Draws, TrainingTask
 
 
-class ScorePretraining:
-    def __init__(self, denoiser: Denoiser, data: TrainingData, p: PretrainParams):
+class ScorePretraining(TrainingTask):
+    def __init__(self, denoiser: Denoiser, data: TrainingData, p: PretrainParams, runtime: Runtime):
         self.data, self.p = data, p
-        self.networks = {"score": denoiser.train()}
-        self.ema = {"score": copy.deepcopy(denoiser).eval().requires_grad_(False)}
-        self.optimizers = {"score": torch.optim.Adam(denoiser.parameters(), lr=p.lr, betas=(0.9, 0.999), eps=1e-8)}
+        super().__init__({"score": denoiser.train()}, {"score": copy.deepcopy(denoiser).eval().requires_grad_(False)},
+                         {"score": torch.optim.Adam(denoiser.parameters(), lr=p.lr, betas=(0.9, 0.999), eps=1e-8)},
+                         p, runtime)
 
-    def step(self, batch_size: int) -> dict[str, torch.Tensor]:
-        x0, labels = self.data.batch(batch_size)
-        loss = edm_loss(self.networks["score"], x0, labels if self.p.class_conditional else None,
-                        self.p.p_mean, self.p.p_std).mean()
-        opt = self.optimizers["score"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.detach()}
+    def loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x0, labels = self.data.batch(draws)
+        loss = edm_loss(self.run["score"], x0, labels if self.p.class_conditional else None,
+                        self.p.p_mean, self.p.p_std, draws).mean()
+        return loss, {"loss": loss}
+
+    def step(self) -> dict[str, torch.Tensor]:
+        logs, _ = self.update("score", self.loss)
+        return logs

@@ -16,14 +16,15 @@ from torch.nn import functional as F
 
 from pipeline.divergences import Divergence
 from pipeline.noise_levels import noise_weight
+from pipeline.training_task import Draws
 
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,
-               sigma: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean loss and per-sample logits (d_fake, d_real) for diagnostics."""
+               sigma: torch.Tensor, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean loss and per-sample logits (d_fake, d_real) for diagnostics; the noise comes from `draws`."""
     s = sigma.view(-1, *([1] * (x_fake.dim() - 1)))
-    d_fake = ratio(x_fake.detach() + s * torch.randn_like(x_fake), sigma, labels)
-    d_real = ratio(x_real + s * torch.randn_like(x_real), sigma, labels)
+    d_fake = ratio(x_fake.detach() + s * draws.randn(*x_fake.shape[1:]), sigma, labels)
+    d_real = ratio(x_real + s * draws.randn(*x_real.shape[1:]), sigma, labels)
     loss = (F.softplus(-d_fake) + F.softplus(d_real)).mean()
     return loss, {"d_fake": d_fake.detach(), "d_real": d_real.detach()}
 

@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from pipeline.artifacts import atomic_path, remove
 from pipeline.config import ComputeParams
 from pipeline.errors import PipelineError
 
@@ -69,6 +73,30 @@ class Runtime:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
+
+    @contextlib.contextmanager
+    def atomic_folder(self, target: str | Path) -> Iterator[Path]:
+        """A temporary folder that every process writes into; once all are done the main process renames it
+        to `target`. One process: artifacts.atomic_path. A run killed midway leaves only a hidden
+        `.<name>.tmp-*` sibling, which the next run removes."""
+        target = Path(target)
+        if self.world == 1:
+            with atomic_path(target) as tmp:
+                tmp.mkdir()
+                yield tmp
+            return
+        tmp = target.with_name(f".{target.name}.tmp-{self.gather(uuid.uuid4().hex[:8])[0]}")
+        if self.main:
+            for stale in target.parent.glob(f".{target.name}.tmp-*"):
+                remove(stale)
+            tmp.mkdir(parents=True)
+        self.barrier()
+        yield tmp
+        self.barrier()
+        if self.main:
+            if target.exists():
+                remove(target)
+            os.replace(tmp, target)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast when compute.precision is bf16 (matmuls and convolutions; norms, logits and losses

@@ -43,16 +43,14 @@ def balanced_labels(indices: np.ndarray, num_classes: int, device: torch.device)
     return torch.as_tensor(indices % num_classes, dtype=torch.long, device=device) if num_classes else None
 
 
-def generate(draw: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], num: int, batch_size: int, seed: int,
-             shape: tuple[int, ...], num_classes: int, device: torch.device,
-             progress: Callable[[int], None] = lambda n: None) -> tuple[torch.Tensor, np.ndarray]:
-    """Call draw(unit noise, labels) over seeded batches; returns model-space samples (on CPU) and labels."""
-    out = []
-    indices = np.arange(num)
-    for start in range(0, num, batch_size):
-        idx = indices[start : start + batch_size]
-        labels = balanced_labels(idx, num_classes, device)
-        out.append(draw(seeded_noise(seed + idx, shape, device), labels).cpu())
-        progress(len(idx))
-    labels = indices % num_classes if num_classes else np.zeros(num, np.int64)
-    return torch.cat(out), labels.astype(np.int64)
+def generate_batch(draw: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], indices: np.ndarray, seed: int,
+                   shape: tuple[int, ...], num_classes: int, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """draw(unit noise, labels) for the samples `indices`: model-space samples and their labels."""
+    labels = balanced_labels(indices, num_classes, device)
+    out = draw(seeded_noise(seed + indices, shape, device), labels)
+    return out, (indices % num_classes if num_classes else np.zeros(len(indices))).astype(np.int64)
+
+
+def batch_indices(num: int, batch_size: int, batch: int) -> np.ndarray:
+    """The sample indices of batch number `batch` of `num` samples."""
+    return np.arange(batch * batch_size, min(num, (batch + 1) * batch_size))

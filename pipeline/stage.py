@@ -1,32 +1,31 @@
-"""What every stage entrypoint shares: validate params first, pick the device, report errors plainly."""
+"""What every stage entrypoint shares: validate params first, start the runtime, report errors plainly."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 
-import torch
 from rich.console import Console
 
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
+from pipeline.runtime import Runtime, start, stop
 
 console = Console(stderr=True)
 
 
-def pick_device(setting: str) -> torch.device:
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("device: cuda was asked for but no CUDA device is visible: set device: auto or cpu")
-    if setting == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda")
+def run_stage(body: Callable[[Params, Runtime], None], distributed: bool = False,
+              params_path: str = "params.yaml") -> None:
+    """Validate the whole params file, then run the stage; bad input exits 2 with the reason, nothing written.
 
-
-def run_stage(body: Callable[[Params], None], params_path: str = "params.yaml") -> None:
-    """Validate the whole params file, then run the stage; bad input exits 2 with the reason, nothing written."""
+    A `distributed` stage runs in every process torchrun started (compute.processes of them)."""
     try:
         params = load_params(params_path)
-        body(params)
+        runtime = start(params.device, params.compute, distributed)
+        try:
+            body(params, runtime)
+        finally:
+            stop()
     except PipelineError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)

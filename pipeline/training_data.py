@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from pipeline.training_task import Draws
+
 
 class TrainingData:
     """The encoded training set on the device; draws random batches in model space."""
@@ -22,6 +24,7 @@ class TrainingData:
         """(C, H, W) of one training example in model space."""
         return tuple(next(iter(self.stored.values())).shape[1:])
 
-    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.randint(0, len(self), (batch_size,)).to(self.device)
+    def batch(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training examples drawn with replacement, one per row of `draws`, and their labels."""
+        idx = draws.randint(len(self))
         return self.encoder.to_training({k: v[idx] for k, v in self.stored.items()}), self.labels[idx]

@@ -6,6 +6,9 @@ half-life in images, periodic checkpoints and automatic resume, the progress bar
 
 Checkpoints hold tensors only (safetensors) and a JSON sidecar with the counters, the curves so far and a
 fingerprint of the params; a checkpoint whose fingerprint differs is discarded instead of resumed.
+
+Under torchrun every process runs the loop in lockstep (the same RNG state, the same steps); the main
+process alone writes checkpoints and shows progress, and logged values are averaged over processes.
 """
 
 from __future__ import annotations
@@ -27,21 +30,24 @@ from torch import nn
 from pipeline.artifacts import atomic_path, read_json, write_json
 from pipeline.config import LoopParams
 from pipeline.measure import StepTimer
+from pipeline.runtime import Runtime
 
 
-class TrainingTask(Protocol):
+class Task(Protocol):  # e.g. pipeline.training_task.TrainingTask
     networks: dict[str, nn.Module]  # trained modules
     optimizers: dict[str, torch.optim.Optimizer]
     ema: dict[str, nn.Module]  # EMA copy of networks[name], same architecture
 
-    def step(self, batch_size: int) -> dict[str, torch.Tensor | float]:
-        """One optimisation step on `batch_size` fresh examples; returns scalars to log."""
+    def step(self) -> dict[str, torch.Tensor | float]:
+        """One optimisation step on a fresh global batch; returns scalars to log. `skipped`, if present, is
+        the number of updates the non-finite guard skipped."""
 
 
 @dataclass
 class LoopState:
     images: int = 0
     steps: int = 0
+    skipped: int = 0  # updates skipped because their gradient was not finite
     curves: list[dict] = field(default_factory=list)
 
 
@@ -77,7 +83,7 @@ def _load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, to
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(directory: Path, task: TrainingTask, state: LoopState, run_id: str) -> None:
+def save_checkpoint(directory: Path, task: Task, state: LoopState, run_id: str) -> None:
     tensors: dict[str, torch.Tensor] = {}
     groups = {}
     for name, net in task.networks.items():
@@ -94,20 +100,22 @@ def save_checkpoint(directory: Path, task: TrainingTask, state: LoopState, run_i
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
         write_json(tmp / "state.json", {"run_id": run_id, "images": state.images, "steps": state.steps,
-                                         "optimizer_groups": groups, "curves": state.curves})
+                                         "skipped": state.skipped, "optimizer_groups": groups, "curves": state.curves})
 
 
-def load_checkpoint(directory: Path, task: TrainingTask, run_id: str, device: torch.device) -> LoopState | None:
+def load_checkpoint(directory: Path, task: Task, run_id: str, runtime: Runtime) -> LoopState | None:
     """The saved state if `directory` holds a checkpoint of this very run; a stale one is removed."""
     meta_path, tensor_path = directory / "state.json", directory / "state.safetensors"
     if not (meta_path.exists() and tensor_path.exists()):
         return None
     meta = read_json(meta_path)
     if meta.get("run_id") != run_id:
-        print(f"[yellow]discarding checkpoint {directory}: it belongs to other params or inputs")
-        shutil.rmtree(directory)
+        runtime.barrier()  # every process has read it
+        if runtime.main:
+            print(f"[yellow]discarding checkpoint {directory}: it belongs to other params or inputs")
+            shutil.rmtree(directory)
         return None
-    tensors = load_file(str(tensor_path), device=str(device))
+    tensors = load_file(str(tensor_path), device=str(runtime.device))
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -120,45 +128,54 @@ def load_checkpoint(directory: Path, task: TrainingTask, run_id: str, device: to
     torch.set_rng_state(tensors["rng/cpu"].cpu())
     if "rng/cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng/cuda"].cpu())
-    return LoopState(meta["images"], meta["steps"], meta["curves"])
+    return LoopState(meta["images"], meta["steps"], meta["skipped"], meta["curves"])
 
 
-def _set_lr(task: TrainingTask, images: int, rampup_images: int) -> None:
+def _set_lr(task: Task, images: int, rampup_images: int) -> None:
     ramp = min(1.0, images / rampup_images) if rampup_images > 0 else 1.0
     for opt in task.optimizers.values():
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * ramp
 
 
-def progress_bar() -> Progress:
+def progress_bar(show: bool = True) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=not show)
 
 
-def run_training(task: TrainingTask, loop: LoopParams, checkpoint_dir: str | Path, run_id: str, device: torch.device,
+def _mean_over_processes(sums: dict[str, float], runtime: Runtime) -> dict[str, float]:
+    if runtime.world == 1:
+        return sums
+    values = runtime.sum(torch.tensor(list(sums.values()), dtype=torch.float64, device=runtime.device))
+    return dict(zip(sums, (values / runtime.world).tolist()))
+
+
+def run_training(task: Task, loop: LoopParams, checkpoint_dir: str | Path, run_id: str, runtime: Runtime,
                  description: str, on_finish: Callable[[LoopState], None], seed: int) -> LoopState:
     """Train until `loop.duration_images`, resuming from `checkpoint_dir` when it holds this run's state.
 
-    `on_finish` writes the stage's outputs; the checkpoint is removed only after it returns.
+    `on_finish` writes the stage's outputs (main process only); the checkpoint is removed after it returns.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    device = runtime.device
     for opt in task.optimizers.values():  # remember the configured rates before any ramp-up
         for group in opt.param_groups:
             group.setdefault("base_lr", group["lr"])
     torch.manual_seed(seed)
-    state = load_checkpoint(checkpoint_dir, task, run_id, device) or LoopState()
-    if state.images:
+    state = load_checkpoint(checkpoint_dir, task, run_id, runtime) or LoopState()
+    if state.images and runtime.main:
         print(f"resuming {description} from its checkpoint at {state.images:,} images")
     next_log = state.images + loop.log_every_images
     next_checkpoint = state.images + loop.checkpoint_every_images
     sums: dict[str, float] = {}
     count = 0
-    with progress_bar() as bar:
+    with progress_bar(runtime.main) as bar:
         bar_task = bar.add_task(description, total=loop.duration_images, completed=state.images, status="")
         while state.images < loop.duration_images:
             _set_lr(task, state.images, loop.lr_rampup_images)
             with StepTimer(device) as timer:
-                logs = task.step(loop.batch_size)
+                logs = task.step()
+            state.skipped += int(logs.pop("skipped", 0))
             logs["step_seconds"] = timer.seconds
             state.images += loop.batch_size
             state.steps += 1
@@ -169,16 +186,19 @@ def run_training(task: TrainingTask, loop: LoopParams, checkpoint_dir: str | Pat
                 sums[key] = sums.get(key, 0.0) + float(value)
             count += 1
             if state.images >= next_log or state.images >= loop.duration_images:
-                row = {"images": state.images, "step": state.steps, **{k: v / count for k, v in sums.items()}}
+                means = _mean_over_processes({k: v / count for k, v in sums.items()}, runtime)
+                row = {"images": state.images, "step": state.steps, **means, "skipped_steps": state.skipped}
                 state.curves.append(row)
                 sums, count = {}, 0
                 next_log += loop.log_every_images
                 bar.update(bar_task, status=" ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("images", "step")))
             if state.images >= next_checkpoint and state.images < loop.duration_images:
-                save_checkpoint(checkpoint_dir, task, state, run_id)
+                if runtime.main:
+                    save_checkpoint(checkpoint_dir, task, state, run_id)
                 next_checkpoint += loop.checkpoint_every_images
             bar.update(bar_task, completed=min(state.images, loop.duration_images))
-    on_finish(state)
-    if checkpoint_dir.exists():
-        shutil.rmtree(checkpoint_dir)
+    if runtime.main:
+        on_finish(state)
+        if checkpoint_dir.exists():
+            shutil.rmtree(checkpoint_dir)
     return state

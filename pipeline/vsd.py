@@ -18,7 +18,9 @@ from pipeline.generator import OneStepGenerator
 from pipeline.noise_levels import noise_weight, sample_noise_levels
 from pipeline.one_step_training import OneStepTraining
 from pipeline.preconditioning import Denoiser, denoising_loss
+from pipeline.runtime import Runtime
 from pipeline.training_data import TrainingData
+from pipeline.training_task import Draws
 
 
 def score_difference_loss(fake: Denoiser, teacher: Denoiser, x_gen: torch.Tensor, sigma: torch.Tensor,
@@ -39,31 +41,30 @@ class VSDTraining(OneStepTraining):
     auxiliary = "fake_score"
 
     def __init__(self, generator: OneStepGenerator, fake: Denoiser, teacher: Denoiser, data: TrainingData,
-                 p: TrainParams, conditional: bool):
-        super().__init__(generator, fake, data, p, conditional)
+                 p: TrainParams, conditional: bool, runtime: Runtime):
+        super().__init__(generator, fake, data, p, conditional, runtime)
         self.teacher = teacher.eval().requires_grad_(False)
 
-    def auxiliary_step(self, batch_size: int) -> dict[str, torch.Tensor]:
-        _, labels = self.batch(batch_size)
+    def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        _, labels = self.batch(draws)
         with torch.no_grad():
-            x_fake = self.generate(labels, batch_size)
-        sigma = sample_noise_levels(batch_size, self.p.ratio_noise, self.data.device)
-        loss = denoising_loss(self.networks["fake_score"], x_fake, labels, sigma).mean()
-        self.optimizer_step("fake_score", loss)
-        return {"fake_score_loss": loss.detach()}
+            x_fake = self.generate(labels, draws)
+        sigma = sample_noise_levels(draws, self.p.ratio_noise)
+        loss = denoising_loss(self.run["fake_score"], x_fake, labels, sigma, draws.randn(*x_fake.shape[1:])).mean()
+        return loss, {"fake_score_loss": loss}
 
-    def generator_loss(self, x_gen, sigma, labels):
+    def generator_loss(self, x_gen, sigma, labels, draws):
         loss, out = score_difference_loss(self.networks["fake_score"], self.teacher, x_gen, sigma, labels,
-                                          self.p.weighting)
+                                          self.p.weighting, noise=draws.randn(*x_gen.shape[1:]))
         return loss, {"update_norm": out["update"].flatten(1).norm(dim=1).mean()}
 
     def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
         """The fake score net's denoising loss on generated samples, and the mean norm of the per-sample
         x-space update w (D_fake - D_teacher) / s^2."""
-        n, fake = len(sigma), self.networks["fake_score"]
-        _, labels = self.batch(n)
+        fake, draws = self.networks["fake_score"], Draws(len(sigma), sigma.device)
+        _, labels = self.batch(draws)
         with torch.no_grad():
-            x_fake = self.generate(labels, n)
-            loss = denoising_loss(fake, x_fake, labels, sigma).mean()
+            x_fake = self.generate(labels, draws)
+            loss = denoising_loss(fake, x_fake, labels, sigma, draws.randn(*x_fake.shape[1:])).mean()
         _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, self.p.weighting)
         return {"fake_score_loss": loss.item(), "update_norm": out["update"].flatten(1).norm(dim=1).mean().item()}

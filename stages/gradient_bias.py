@@ -12,12 +12,13 @@ from rich.table import Table
 from pipeline import gradient_bias
 from pipeline.artifacts import write_csv, write_json
 from pipeline.config import Params
+from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 
 METRICS, CURVE = "metrics/gradient_bias.json", "metrics/gradient_bias.csv"
 
 
-def main(params: Params) -> None:
+def main(params: Params, runtime: Runtime) -> None:  # analytic, on the CPU: the runtime is unused
     p = params.gradient_bias
     rows = [row for seed in p.seeds for row in gradient_bias.run(p, seed)]
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)

@@ -13,7 +13,8 @@ from pipeline.encoders import load_encoded
 from pipeline.models import build_denoiser, denoiser_config, save_denoiser
 from pipeline.networks import count_parameters
 from pipeline.pretraining import ScorePretraining
-from pipeline.stage import console, pick_device, run_stage
+from pipeline.runtime import Runtime
+from pipeline.stage import console, run_stage
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import fingerprint, run_training
 
@@ -21,16 +22,16 @@ OUT, CHECKPOINT = "data/pretrain", "data/checkpoints/pretrain"
 CURVES, METRICS = "metrics/pretrain_curves.csv", "metrics/pretrain.json"
 
 
-def main(params: Params) -> None:
+def main(params: Params, runtime: Runtime) -> None:
     p = params.pretrain
-    device = pick_device(params.device)
+    device = runtime.device
     encoder, stored, labels = load_encoded("data/encoded", device)
     data_config = encoder.config
     config = denoiser_config(p.network, data_config["resolution"], data_config["channels"],
                              data_config["num_classes"] if p.class_conditional else 0, p.sigma_data)
     torch.manual_seed(params.seed)
     net = build_denoiser(config).to(device)
-    task = ScorePretraining(net, TrainingData(encoder, stored, labels, device), p)
+    task = ScorePretraining(net, TrainingData(encoder, stored, labels, device), p, runtime)
     run_id = fingerprint(params.seed, p.model_dump(), data_config)
     started = time.perf_counter()
 
@@ -40,11 +41,13 @@ def main(params: Params) -> None:
             save_denoiser(tmp / "score", task.ema["score"], config)
         write_csv(CURVES, state.curves)
         write_json(METRICS, {"parameters": count_parameters(net), "images": state.images, "steps": state.steps,
-                             "final_loss": state.curves[-1]["loss"], "seconds_this_run": time.perf_counter() - started})
+                             "skipped_steps": state.skipped, "final_loss": state.curves[-1]["loss"],
+                             "processes": runtime.world, "seconds_this_run": time.perf_counter() - started})
 
-    state = run_training(task, p, CHECKPOINT, run_id, device, "pretrain", finish, params.seed)
-    console.print(f"score net: {count_parameters(net):,} parameters, {state.images:,} images -> {OUT}/score")
+    state = run_training(task, p, CHECKPOINT, run_id, runtime, "pretrain", finish, params.seed)
+    if runtime.main:
+        console.print(f"score net: {count_parameters(net):,} parameters, {state.images:,} images -> {OUT}/score")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

@@ -6,27 +6,34 @@
     generator_online  the same generator's raw weights at the end of training (a diagnostic: the auxiliary
                     net was trained against these, not against the EMA)
 
-All rows use the same per-sample seeds and labels, so row i of every set starts from the same noise.
+All rows use the same per-sample seeds and labels, so row i of every set starts from the same noise; the
+images do not depend on the batch size or the number of processes. Layout: data/samples/<row>/batch-NNNNN.npz
+(uint8 NHWC `images` and `labels` of sample.batch_size samples each, written by whichever process drew
+them) and data/samples/<row>.json.
 """
 
+import math
 import time
 
-from pipeline.artifacts import atomic_path, save_arrays, write_json
+import numpy as np
+
+from pipeline.artifacts import load_arrays, save_arrays, write_json
 from pipeline.config import Params
-from pipeline.encoders import decode_batched, load_encoded
+from pipeline.encoders import load_encoded
 from pipeline.generator import OneStepGenerator, load_generator
 from pipeline.images import save_grid
 from pipeline.models import load_denoiser
-from pipeline.sampling import edm_heun, generate, heun_sigmas
-from pipeline.stage import console, pick_device, run_stage
+from pipeline.runtime import Runtime
+from pipeline.sampling import batch_indices, edm_heun, generate_batch, heun_sigmas
+from pipeline.stage import console, run_stage
 from pipeline.training_loop import progress_bar
 
 OUT, GRIDS = "data/samples", "metrics/grids"
 
 
-def main(params: Params) -> None:
+def main(params: Params, runtime: Runtime) -> None:
     p = params.sample
-    device = pick_device(params.device)
+    device = runtime.device
     encoder, _, _ = load_encoded("data/encoded", device)
     teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
     generator, generator_config = load_generator("data/train/generator", device)
@@ -39,22 +46,38 @@ def main(params: Params) -> None:
         "generator_online": (online, 1),
     }
     shape = (config["channels"], config["resolution"], config["resolution"])
-    with atomic_path(OUT) as tmp:
-        tmp.mkdir()
+    num_batches = math.ceil(p.num_samples / p.batch_size)
+    with runtime.atomic_folder(OUT) as tmp:
         for name, (draw, nfe) in rows.items():
-            with progress_bar() as bar:
+            (tmp / name).mkdir(exist_ok=True)
+            with progress_bar(runtime.main) as bar:
                 task = bar.add_task(f"{name} ({nfe} NFE)", total=p.num_samples, status="")
+                runtime.barrier()
                 started = time.perf_counter()
-                latents, labels = generate(draw, p.num_samples, p.batch_size, params.seed, shape,
-                                           config["num_classes"], device, lambda n: bar.advance(task, n))
+                for batch in runtime.share(num_batches):  # per-sample seeds: any split gives the same images
+                    indices = batch_indices(p.num_samples, p.batch_size, batch)
+                    with runtime.autocast():
+                        latents, labels = generate_batch(draw, indices, params.seed, shape, config["num_classes"],
+                                                         device)
+                    save_arrays(tmp / name / f"batch-{batch:05d}.npz", images=encoder.decode(latents), labels=labels)
+                    bar.advance(task, len(indices) * runtime.world)
+                runtime.barrier()
                 seconds = time.perf_counter() - started
-            images = decode_batched(encoder, latents, p.batch_size, device)
-            save_arrays(tmp / f"{name}.npz", images=images, labels=labels)
-            write_json(tmp / f"{name}.json", {"nfe": nfe, "num_samples": p.num_samples,
-                                              "seconds_per_image": seconds / p.num_samples, "device": device.type})
-            save_grid(f"{GRIDS}/{name}.png", images, p.grid_rows)
-            console.print(f"{name}: {p.num_samples} samples at {nfe} NFE in {seconds:.2f}s")
+            if runtime.main:
+                write_json(tmp / f"{name}.json", {"nfe": nfe, "num_samples": p.num_samples, "batches": num_batches,
+                                                  "seconds_per_image": seconds / p.num_samples,
+                                                  "processes": runtime.world, "device": device.type})
+                save_grid(f"{GRIDS}/{name}.png", first_images(tmp / name, p.grid_rows**2), p.grid_rows)
+                console.print(f"{name}: {p.num_samples} samples at {nfe} NFE in {seconds:.2f}s")
+
+
+def first_images(folder, count: int) -> np.ndarray:
+    images, batch = [], 0
+    while sum(map(len, images)) < count and (folder / f"batch-{batch:05d}.npz").exists():
+        images.append(load_arrays(folder / f"batch-{batch:05d}.npz")["images"])
+        batch += 1
+    return np.concatenate(images)[:count]
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

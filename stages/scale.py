@@ -19,14 +19,15 @@ from pipeline.generator import load_generator
 from pipeline.images import save_grid
 from pipeline.ratio_net import load_ratio_net
 from pipeline.scaling import scaled_generate
-from pipeline.stage import console, pick_device, run_stage
+from pipeline.runtime import Runtime
+from pipeline.stage import console, run_stage
 
 OUT, METRICS, CURVE, GRID = "data/scaled", "metrics/scale.json", "metrics/scale.csv", "metrics/grids/scaled.png"
 
 
-def main(params: Params) -> None:
+def main(params: Params, runtime: Runtime) -> None:
     p, num = params.scale, params.scale.num_outputs
-    device = pick_device(params.device)
+    device = runtime.device
     encoder, _, _ = load_encoded("data/encoded", device)
     extractor, ref, _ = load_reference("data/reference", device)
     generator, config = load_generator("data/train/generator", device)

@@ -19,7 +19,8 @@ from pipeline.measure import PeakMemory
 from pipeline.methods import build_task
 from pipeline.models import load_denoiser
 from pipeline.networks import count_parameters
-from pipeline.stage import console, pick_device, run_stage
+from pipeline.runtime import Runtime
+from pipeline.stage import console, run_stage
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import fingerprint, run_training
 
@@ -27,13 +28,13 @@ OUT, CHECKPOINT = "data/train", "data/checkpoints/train"
 CURVES, LEVELS, METRICS = "metrics/train_curves.csv", "metrics/train_noise_levels.csv", "metrics/train.json"
 
 
-def main(params: Params) -> None:
+def main(params: Params, runtime: Runtime) -> None:
     p = params.train
-    device = pick_device(params.device)
+    device = runtime.device
     encoder, stored, labels = load_encoded("data/encoded", device)
     data = TrainingData(encoder, stored, labels, device)
     teacher, score_config = load_denoiser("data/pretrain/score", device, "pretrain")
-    task, auxiliary_config = build_task(params, teacher, score_config, data, device)
+    task, auxiliary_config = build_task(params, teacher, score_config, data, runtime)
     generator, auxiliary = task.networks["generator"], task.networks[task.auxiliary]
     divergence = params.divergence if params.method == "diffratio" else "dikl"  # vsd: the reverse-KL gradient
     counts = {"generator_parameters": count_parameters(generator),
@@ -59,16 +60,18 @@ def main(params: Params) -> None:
             "method": params.method, "divergence": divergence, "init": p.init, "seed": p.seed,
             "auxiliary": task.auxiliary, **counts,
             "auxiliary_over_generator_parameters": counts["auxiliary_parameters"] / counts["generator_parameters"],
-            "images": state.images, "steps": state.steps,
+            "images": state.images, "steps": state.steps, "skipped_steps": state.skipped,
             **{k: last[k] for k in ("ratio_loss", "acc_real", "acc_fake", "fake_score_loss") if k in last},
             "seconds_per_step": statistics.median(row["step_seconds"] for row in state.curves),
             "peak_memory_mib": peak_mib, "memory_kind": memory.kind, "device": device.type,
+            "processes": runtime.world, "precision": params.compute.precision,
             "seconds_this_run": time.perf_counter() - started})
 
-    state = run_training(task, p, CHECKPOINT, run_id, device, f"train {params.method} ({divergence})", finish, p.seed)
-    console.print(f"{params.method} ({divergence}): generator {counts['generator_parameters']:,} and "
-                  f"{task.auxiliary} {counts['auxiliary_parameters']:,} parameters, {state.images:,} images -> {OUT}")
+    state = run_training(task, p, CHECKPOINT, run_id, runtime, f"train {params.method} ({divergence})", finish, p.seed)
+    if runtime.main:
+        console.print(f"{params.method} ({divergence}): generator {counts['generator_parameters']:,} and "
+                      f"{task.auxiliary} {counts['auxiliary_parameters']:,} parameters, {state.images:,} images -> {OUT}")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

@@ -13,6 +13,7 @@ from pipeline.divergences import DIVERGENCES
 from pipeline.ratio_losses import generator_loss, ratio_loss
 from pipeline.ratio_net import RatioNet
 from pipeline.vsd import score_difference_loss
+from pipeline.training_task import Draws
 
 MU_P, A = 0.4, 0.6  # data p = N(MU_P, A^2)
 
@@ -128,7 +129,7 @@ def test_ratio_net_trained_on_two_gaussians_recovers_the_log_ratio_gradient():
         sigma = torch.exp(torch.empty(256).uniform_(math.log(0.05), math.log(2.0)))
         fake = mu_q + b * torch.randn(256, 1, 2, 2)
         real = MU_P + A * torch.randn(256, 1, 2, 2)
-        loss, _ = ratio_loss(net, fake, real, None, sigma)
+        loss, _ = ratio_loss(net, fake, real, None, sigma, Draws(256, torch.device("cpu")))
         opt.zero_grad()
         loss.backward()
         opt.step()

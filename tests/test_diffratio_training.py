@@ -23,7 +23,7 @@ from pipeline.ratio_net import (
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import run_training
 from pipeline.vsd import VSDTraining
-from tests.conftest import ROOT
+from tests.conftest import CPU, ROOT
 
 PARAMS = load_params(ROOT / "params.yaml")
 TINY_NET = PARAMS.pretrain.network.model_copy(update={"channels": 8})
@@ -76,16 +76,17 @@ def make_task(method, fail_at_step=None):
                         torch.device("cpu"))
     if method == "diffratio":
         ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
-        task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True)
+        task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True, runtime=CPU)
     else:
-        task = VSDTraining(generator, copy.deepcopy(score).requires_grad_(True), score, data, train, conditional=True)
+        task = VSDTraining(generator, copy.deepcopy(score).requires_grad_(True), score, data, train, conditional=True,
+                           runtime=CPU)
     step, calls = task.step, []
 
-    def counted(batch_size):
-        calls.append(batch_size)
+    def counted():
+        calls.append(train.batch_size)
         if len(calls) == fail_at_step:
             raise Interrupted
-        return step(batch_size)
+        return step()
     task.step = counted
     return task, train, calls
 
@@ -93,12 +94,12 @@ def make_task(method, fail_at_step=None):
 @pytest.mark.parametrize("method", ["diffratio", "vsd"])
 def test_interrupted_training_resumes_bit_exactly(tmp_path, method):
     reference, train, _ = make_task(method)
-    run_training(reference, train, tmp_path / "a", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
+    run_training(reference, train, tmp_path / "a", "run", CPU, "t", lambda s: None, seed=0)
     interrupted, _, _ = make_task(method, fail_at_step=5)
     with pytest.raises(Interrupted):
-        run_training(interrupted, train, tmp_path / "b", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
+        run_training(interrupted, train, tmp_path / "b", "run", CPU, "t", lambda s: None, seed=0)
     resumed, _, calls = make_task(method)
-    run_training(resumed, train, tmp_path / "b", "run", torch.device("cpu"), "t", lambda s: None, seed=0)
+    run_training(resumed, train, tmp_path / "b", "run", CPU, "t", lambda s: None, seed=0)
     assert len(calls) == 3  # resumed after the checkpoint at step 3
     for kind, name in (("networks", "generator"), ("networks", resumed.auxiliary), ("ema", "generator")):
         expected = getattr(reference, kind)[name].state_dict()
@@ -112,7 +113,7 @@ def test_vsd_trains_the_fake_score_net_and_never_the_teacher():
     task, train, _ = make_task("vsd")
     teacher = copy.deepcopy(task.teacher.state_dict())
     assert all(torch.equal(v, teacher[k]) for k, v in task.networks["fake_score"].state_dict().items())
-    logs = task.step(train.batch_size)
+    logs = task.step()
     assert {"fake_score_loss", "update_norm", "grad_norm"} <= set(logs) and float(logs["grad_norm"]) > 0
     assert all(torch.equal(v, teacher[k]) for k, v in task.teacher.state_dict().items())
     assert not all(torch.equal(v, teacher[k]) for k, v in task.networks["fake_score"].state_dict().items())

@@ -7,6 +7,7 @@ from torch import nn
 
 from pipeline.preconditioning import Denoiser, edm_coefficients, edm_loss, loss_weight, score
 from pipeline.sampling import edm_heun, heun_sigmas
+from pipeline.training_task import Draws
 
 SD = 0.5
 
@@ -66,8 +67,9 @@ def test_edm_loss_is_minimised_by_the_posterior_mean():
 
     shifted = Shifted(0.05)
     shifted.sigma_data = SD
-    gen = lambda: torch.Generator().manual_seed(1)  # same noise for both: a paired comparison
-    assert edm_loss(exact, x0, None, -1.2, 1.2, gen()).mean() < edm_loss(shifted, x0, None, -1.2, 1.2, gen()).mean()
+    draws = Draws(len(x0), torch.device("cpu"))  # the same noise for both: a paired comparison
+    assert (edm_loss(exact, x0, None, -1.2, 1.2, draws.select(slice(None))).mean()
+            < edm_loss(shifted, x0, None, -1.2, 1.2, draws.select(slice(None))).mean())
 
 
 def test_a_trained_denoiser_learns_the_posterior_mean():
@@ -86,7 +88,7 @@ def test_a_trained_denoiser_learns_the_posterior_mean():
     denoiser = Denoiser(MLP(), SD)
     opt = torch.optim.Adam(denoiser.parameters(), lr=3e-3)
     for _ in range(1500):
-        loss = edm_loss(denoiser, mu + a * torch.randn(512, 1, 1, 1), None, -1.2, 1.2).mean()
+        loss = edm_loss(denoiser, mu + a * torch.randn(512, 1, 1, 1), None, -1.2, 1.2, Draws(512, torch.device("cpu"))).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

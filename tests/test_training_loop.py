@@ -9,8 +9,9 @@ from torch import nn
 from pipeline.artifacts import atomic_path
 from pipeline.config import LoopParams
 from pipeline.training_loop import run_training, update_ema
+from tests.conftest import CPU
 
-LOOP = LoopParams(batch_size=8, duration_images=8 * 40, lr_rampup_images=80, ema_halflife_images=40,
+LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=8 * 40, lr_rampup_images=80, ema_halflife_images=40,
                   log_every_images=8 * 5, checkpoint_every_images=8 * 10)
 
 
@@ -29,11 +30,11 @@ class RegressionTask:
         self.optimizers = {"net": torch.optim.Adam(net.parameters(), lr=0.05)}
         self.steps, self.fail_at_step = 0, fail_at_step
 
-    def step(self, batch_size):
+    def step(self):
         self.steps += 1
         if self.steps == self.fail_at_step:
             raise Interrupted
-        x = torch.randn(batch_size, 1)
+        x = torch.randn(LOOP.batch_size, 1)
         loss = (self.networks["net"](x) - (2 * x - 1)).pow(2).mean()
         self.optimizers["net"].zero_grad()
         loss.backward()
@@ -43,7 +44,7 @@ class RegressionTask:
 
 def train(task, checkpoint_dir, run_id="run-a"):
     finished = {}
-    state = run_training(task, LOOP, checkpoint_dir, run_id, torch.device("cpu"), "test",
+    state = run_training(task, LOOP, checkpoint_dir, run_id, CPU, "test",
                          lambda s: finished.update(state=s), seed=0)
     return state, finished
 

@@ -1,0 +1,116 @@
+"""One optimisation step on a global batch, whatever the number of processes and passes.
+
+A step's batch (the loop's batch_size) is split into contiguous rows: each process takes its rows and
+runs them in passes of `batch_per_process`, accumulating gradients; DDP averages them over processes.
+Every random number of the step is drawn for the whole global batch from the RNG state all processes
+share, and each pass keeps its own rows (`Draws`). The step therefore sees the same samples, noise and
+labels, and its gradient is the same batch mean (up to float rounding), for any split.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from pipeline.config import LoopParams
+from pipeline.runtime import Runtime
+
+
+class Draws:
+    """The random tensors of one global batch of `size`, handed out by rows.
+
+    The k-th call of a pass returns the selected rows of the k-th tensor, drawn on first use; later passes
+    make the same calls in the same order (they run the same code) and get their rows of the same tensors.
+    With one pass over the whole batch this is exactly drawing from torch's RNG in program order.
+    """
+
+    def __init__(self, size: int, device: torch.device):
+        self.size, self.device = size, device
+        self._tensors: list[torch.Tensor] = []
+        self.select(slice(0, size))
+
+    def select(self, rows: slice) -> Draws:
+        self.rows, self._calls = rows, 0
+        return self
+
+    @property
+    def n(self) -> int:
+        """The number of rows handed out."""
+        return len(range(*self.rows.indices(self.size)))
+
+    def _take(self, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
+        if self._calls == len(self._tensors):
+            self._tensors.append(draw(self.size))
+        tensor = self._tensors[self._calls]
+        self._calls += 1
+        return tensor[self.rows]
+
+    def randn(self, *shape: int) -> torch.Tensor:
+        """N(0, 1) of shape [rows, *shape]."""
+        return self._take(lambda n: torch.randn(n, *shape, device=self.device))
+
+    def rand(self) -> torch.Tensor:
+        """U(0, 1) per row."""
+        return self._take(lambda n: torch.rand(n, device=self.device))
+
+    def randint(self, high: int) -> torch.Tensor:
+        """Integers in [0, high) per row, drawn from the CPU generator and moved to the device."""
+        return self._take(lambda n: torch.randint(0, high, (n,))).to(self.device)
+
+
+def gradient_norm(module: nn.Module) -> torch.Tensor:
+    return torch.sqrt(sum(p.grad.pow(2).sum() for p in module.parameters() if p.grad is not None))
+
+
+class TrainingTask:
+    """Networks, their EMA copies and optimisers, and the accumulated, guarded update of one of them.
+
+    `networks[name]` holds the weights (what EMA, checkpoints and outputs read); `run[name]` is how this
+    process runs it for a trained forward pass (DDP, channels_last, compile: see Runtime.prepare).
+    """
+
+    def __init__(self, networks: dict[str, nn.Module], ema: dict[str, nn.Module],
+                 optimizers: dict[str, torch.optim.Optimizer], loop: LoopParams, runtime: Runtime):
+        self.networks, self.ema, self.optimizers, self.runtime = networks, ema, optimizers, runtime
+        self.run = {name: runtime.prepare(net) for name, net in networks.items()}
+        self.batch_size = loop.batch_size
+        per_process = loop.batch_size // runtime.world
+        per_pass = loop.batch_per_process or per_process
+        first = runtime.rank * per_process
+        self.passes = [slice(start, start + per_pass) for start in range(first, first + per_process, per_pass)]
+
+    def update(self, name: str, loss: Callable[[Draws], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+               ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One update of networks[name]: `loss(draws)` returns the mean loss over the rows `draws` hands
+        out, and scalars to log. Returns the logs (averaged over passes) and the gradient norm. A step whose
+        gradient is not finite is skipped and counted under `skipped` in the logs."""
+        draws = Draws(self.batch_size, self.runtime.device)
+        optimizer = self.optimizers[name]
+        optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, torch.Tensor] = {}
+        for k, rows in enumerate(self.passes):
+            draws.select(rows)
+            with self._sync(name, last=k == len(self.passes) - 1), self.runtime.autocast():
+                value, pass_logs = loss(draws)
+            # per-pass means, weighted so the accumulated, process-averaged gradient is the batch mean
+            (value * (draws.n * self.runtime.world / self.batch_size)).backward()
+            for key, v in pass_logs.items():
+                logs[key] = logs.get(key, 0) + v.detach().float() / len(self.passes)
+        norm = gradient_norm(self.networks[name])
+        if torch.isfinite(norm):
+            optimizer.step()
+            logs["skipped"] = torch.zeros(())
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            logs["skipped"] = torch.ones(())
+        return logs, norm
+
+    def _sync(self, name: str, last: bool) -> contextlib.AbstractContextManager:
+        """DDP averages gradients on the last pass only."""
+        ddp = getattr(self.run[name], "_orig_mod", self.run[name])  # under torch.compile
+        if last or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+            return contextlib.nullcontext()
+        return ddp.no_sync()

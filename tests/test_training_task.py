@@ -1,0 +1,95 @@
+"""A step's global batch: shared draws, gradient accumulation, and the non-finite guard."""
+
+import pytest
+import torch
+from torch import nn
+
+from pipeline.config import LoopParams, NetworkParams, load_params
+from pipeline.encoders import IdentityEncoder
+from pipeline.models import build_denoiser, denoiser_config
+from pipeline.pretraining import ScorePretraining
+from pipeline.training_data import TrainingData
+from pipeline.training_loop import run_training
+from pipeline.training_task import Draws, TrainingTask
+from tests.conftest import CPU, ROOT
+
+LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=24, lr_rampup_images=0,
+                  ema_halflife_images=0, log_every_images=8, checkpoint_every_images=1000)
+
+
+def test_draws_hand_out_rows_of_one_global_draw():
+    torch.manual_seed(0)
+    expected = [torch.randn(8, 3), torch.randint(0, 5, (8,)), torch.rand(8)]
+    torch.manual_seed(0)
+    draws, parts = Draws(8, torch.device("cpu")), []
+    for rows in (slice(0, 2), slice(2, 5), slice(5, 8)):  # uneven passes, each making the same calls
+        draws.select(rows)
+        parts.append([draws.randn(3), draws.randint(5), draws.rand()])
+    for k, tensor in enumerate(expected):
+        assert torch.equal(torch.cat([part[k] for part in parts]), tensor)
+
+
+def pretraining(batch_per_process: int | None) -> ScorePretraining:
+    p = load_params(ROOT / "params.yaml").pretrain.model_copy(update={"batch_size": 8,
+                                                                       "batch_per_process": batch_per_process})
+    net = NetworkParams(channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0)
+    torch.manual_seed(0)
+    denoiser = build_denoiser(denoiser_config(net, 8, 1, 10, 0.5))
+    data = TrainingData(IdentityEncoder(), {"x": torch.rand(64, 1, 8, 8) * 2 - 1}, torch.arange(64) % 10,
+                        torch.device("cpu"))
+    return ScorePretraining(denoiser, data, p, CPU)
+
+
+def test_accumulated_passes_take_the_same_step_as_one_pass():
+    one, four = pretraining(None), pretraining(2)
+    start = {k: v.clone() for k, v in one.networks["score"].state_dict().items()}
+    assert len(one.passes) == 1 and len(four.passes) == 4
+    for task in (one, four):
+        torch.manual_seed(1)
+        for _ in range(3):
+            logs = task.step()
+    assert float(logs["loss"]) > 0
+    moved = max((v - start[k]).abs().max() for k, v in one.networks["score"].state_dict().items())
+    assert moved > 1e-3  # Adam moves weights by ~lr per step: the tolerance below is far smaller
+    for name, value in one.networks["score"].state_dict().items():
+        torch.testing.assert_close(four.networks["score"].state_dict()[name], value, rtol=0, atol=2e-5)
+
+
+class FailingTask(TrainingTask):
+    """A linear fit whose loss turns non-finite at the steps in `bad_steps`."""
+
+    def __init__(self, bad_steps: set[int]):
+        net = nn.Linear(1, 1)
+        super().__init__({"net": net}, {}, {"net": torch.optim.SGD(net.parameters(), lr=0.1)}, LOOP, CPU)
+        self.bad_steps, self.count = bad_steps, 0
+
+    def step(self):
+        self.count += 1
+
+        def loss(draws):
+            x = draws.randn(1)
+            value = (self.run["net"](x) - 2 * x).pow(2).mean()
+            return value * (float("nan") if self.count in self.bad_steps else 1.0), {"loss": value}
+        logs, _ = self.update("net", loss)
+        return logs
+
+
+@pytest.mark.parametrize("bad_steps", [{2}, {1, 2, 3}])
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, bad_steps):
+    task = FailingTask(bad_steps)
+    before = {k: v.clone() for k, v in task.networks["net"].state_dict().items()}
+    weights = []
+    original = task.update
+
+    def recorded(name, loss):
+        out = original(name, loss)
+        weights.append(task.networks["net"].weight.detach().clone())
+        return out
+    task.update = recorded
+    state = run_training(task, LOOP, tmp_path / "ckpt", "run", CPU, "t", lambda s: None, seed=0)
+    assert state.skipped == len(bad_steps) and state.curves[-1]["skipped_steps"] == len(bad_steps)
+    previous = before["weight"]
+    for step, weight in enumerate(weights, start=1):
+        assert torch.isfinite(weight).all()
+        assert torch.equal(weight, previous) == (step in bad_steps)  # a skipped step leaves the weights as they were
+        previous = weight
