@@ -35,11 +35,12 @@ class RatioNet(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0]).view(-1, 1, 1, 1)
         _, _, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         h, _, _ = self.encoder(c_in * x, c_noise.flatten(), labels)
-        h = F.silu(h).mean(dim=(2, 3))
-        logit = self.head(h).squeeze(1)
-        if self.projection is not None:
-            logit = logit + (self.projection(labels) * h).sum(dim=1)
-        return logit.float()
+        h = F.silu(h).mean(dim=(2, 3)).float()
+        with torch.autocast(x.device.type, enabled=False):  # the logit in fp32, also under bf16 autocast
+            logit = self.head(h).squeeze(1)
+            if self.projection is not None:
+                logit = logit + (self.projection(labels) * h).sum(dim=1)
+        return logit
 
 
 def ratio_config(score_config: dict) -> dict:

@@ -8,6 +8,8 @@ from pipeline.config import LoopParams, NetworkParams, load_params
 from pipeline.encoders import IdentityEncoder
 from pipeline.models import build_denoiser, denoiser_config
 from pipeline.pretraining import ScorePretraining
+from pipeline.ratio_net import build_ratio_net, ratio_config
+from pipeline.runtime import Runtime
 from pipeline.training_data import TrainingData
 from pipeline.training_loop import run_training
 from pipeline.training_task import Draws, TrainingTask
@@ -93,3 +95,19 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, bad_steps):
         assert torch.isfinite(weight).all()
         assert torch.equal(weight, previous) == (step in bad_steps)  # a skipped step leaves the weights as they were
         previous = weight
+
+
+def test_bf16_autocast_keeps_outputs_logits_and_losses_in_fp32():
+    bf16 = Runtime(torch.device("cpu"), CPU.compute.model_copy(update={"precision": "bf16"}))
+    task = pretraining(None)
+    task.runtime = bf16
+    config = denoiser_config(NetworkParams(channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[],
+                                           dropout=0.0), 8, 1, 10, 0.5)
+    ratio = build_ratio_net(ratio_config(config))
+    x, sigma, labels = torch.randn(4, 1, 8, 8), torch.rand(4) + 0.1, torch.arange(4)
+    with bf16.autocast():
+        assert ratio(x, sigma, labels).dtype == torch.float32
+        assert task.networks["score"](x, sigma, labels).dtype == torch.float32
+        assert task.networks["score"].backbone.conv_out(torch.randn(1, 16, 8, 8)).dtype == torch.bfloat16
+    logs = task.step()  # the whole update under autocast
+    assert logs["loss"].dtype == torch.float32 and torch.isfinite(logs["loss"])

@@ -1,0 +1,121 @@
+"""Two CPU processes (torchrun, gloo) against one: the distributed stages give the same results.
+
+encode, pretrain, train, sample and fid run on the digits data with tiny budgets, once in one process and
+once in two (with gradient accumulation in the training stages): encoded tensors, samples and scores are
+identical, trained weights equal up to float rounding.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+TINY = {"prepare": {"holdout": 200},
+        "reference": {"epochs": 1},
+        "pretrain": {"batch_size": 32, "duration_images": 96, "log_every_images": 32, "checkpoint_every_images": 1000},
+        "train": {"batch_size": 16, "duration_images": 48, "log_every_images": 16, "checkpoint_every_images": 1000,
+                  "diagnostic_levels": 2, "diagnostic_samples": 8},
+        "sample": {"num_samples": 40, "batch_size": 10, "nfe": 3},
+        "fid": {"batch_size": 20}}
+
+
+def write_params(workdir, processes: int, batch_per_process: dict[str, int | None]) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section].update(values)
+    params["device"], params["compute"]["processes"] = "cpu", processes
+    for section, value in batch_per_process.items():
+        params[section]["batch_per_process"] = value
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def stage(workdir, name: str, processes: int) -> None:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                if processes > 1 else [sys.executable])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([*launcher, "-m", f"stages.{name}"], cwd=workdir, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"{name} with {processes} process(es) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+
+
+def tensors(folder) -> dict[str, torch.Tensor]:
+    return {f"{path.relative_to(folder)}/{key}": value for path in sorted(folder.rglob("*.safetensors"))
+            for key, value in load_file(str(path)).items()}
+
+
+def arrays(folder) -> dict[str, np.ndarray]:
+    out = {}
+    for path in sorted(folder.rglob("*.npz")):
+        with np.load(path) as data:
+            out.update({f"{path.relative_to(folder)}/{key}": data[key] for key in data.files})
+    return out
+
+
+def run_both(workdir, name: str, output: str, batch_per_process: dict[str, int | None] = {}) -> tuple:
+    """The stage's output with one process, then with two (the single-process output is restored after)."""
+    write_params(workdir, 1, {})
+    stage(workdir, name, 1)
+    single = workdir / f"{output}-1"
+    shutil.copytree(workdir / output, single)
+    write_params(workdir, 2, batch_per_process)
+    stage(workdir, name, 2)
+    double = workdir / f"{output}-2"
+    shutil.move(workdir / output, double)
+    shutil.copytree(single, workdir / output)  # later stages read the single-process result
+    return single, double
+
+
+def test_two_processes_match_one(tmp_path):
+    write_params(tmp_path, 1, {})
+    stage(tmp_path, "prepare", 1)
+    stage(tmp_path, "reference", 1)
+
+    one, two = run_both(tmp_path, "encode", "data/encoded")
+    a, b = tensors(one), tensors(two)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((one / "encoder.json").read_text()) == json.loads((two / "encoder.json").read_text())
+
+    # pretrain: 32 rows per step; two processes take 16 each, in two passes of 8
+    one, two = run_both(tmp_path, "pretrain", "data/pretrain", {"pretrain": 8})
+    a, b = tensors(one), tensors(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=2e-5)
+
+    # train: 16 rows per step; two processes take 8 each, in two passes of 4
+    one, two = run_both(tmp_path, "train", "data/train", {"train": 4})
+    a, b = tensors(one), tensors(two)
+    assert a.keys() == b.keys()
+    teacher = tensors(tmp_path / "data/pretrain")
+    moved = max((a[k] - teacher["score.safetensors/" + k.split("/", 1)[1]]).abs().max()
+                for k in a if k.startswith("generator.safetensors/"))
+    assert moved > 1e-4  # the generator trained; the tolerance below is far smaller than its steps
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=2e-5)
+
+    one, two = run_both(tmp_path, "sample", "data/samples")  # 4 batches of 10: two per process
+    a, b = arrays(one), arrays(two)
+    assert a.keys() == b.keys() and len(a) == 4 * 4 * 2
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    write_params(tmp_path, 1, {})
+    stage(tmp_path, "fid", 1)
+    single = json.loads((tmp_path / "metrics/fid.json").read_text())
+    write_params(tmp_path, 2, {})
+    stage(tmp_path, "fid", 2)
+    double = json.loads((tmp_path / "metrics/fid.json").read_text())
+    metric = single["metric"]
+    for row in ("teacher", "generator_init", "generator", "generator_online"):
+        assert double[row]["num_samples"] == single[row]["num_samples"] == 40
+        assert double[row][metric] == pytest.approx(single[row][metric], rel=1e-9)
+    assert double["protocol"]["processes"] == 2 and "seed 0 + i" in single["protocol"]["seeds"]
