@@ -1,4 +1,4 @@
-"""Frechet distances through clean-fid, from arrays in memory (no PNGs written).
+"""Frechet distances through clean-fid, from images in memory or streamed in batches (no PNGs written).
 
 Two feature extractors:
     inception  clean-fid's torchscript Inception-V3 in clean mode (PIL bicubic resize to 299): the
@@ -6,12 +6,16 @@ Two feature extractors:
                reference.inception_path, else in clean-fid's own cache folder; nothing is downloaded.
     trained    a small classifier trained on the prepared data (pipeline.feature_net): the offline
                stand-in, reported as `fd_trained`, never as FID.
+
+Statistics of many images are accumulated batch by batch (`FeatureStats`), across processes if need be;
+given reference statistics (reference.stats_path: an .npz with mu and sigma, as clean-fid and ADM publish)
+can replace those of the training split.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +24,23 @@ import torch
 from cleanfid import fid as cleanfid
 from cleanfid.resize import build_resizer
 
-from pipeline.artifacts import atomic_path, load_arrays, load_module, read_json, require, save_arrays, save_weights, write_json
+from pipeline.artifacts import (
+    atomic_path,
+    load_arrays,
+    load_module,
+    read_json,
+    require,
+    save_arrays,
+    save_weights,
+    write_json,
+)
 from pipeline.config import ReferenceParams
 from pipeline.errors import PipelineError
 from pipeline.feature_net import FeatureNet, to_input
+from pipeline.runtime import Runtime
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_FEATURES = 2048  # pool3 width: the shape of published reference statistics
 METRIC_NAMES = {"inception": "fid", "trained": "fd_trained"}
 
 
@@ -72,6 +87,16 @@ class Extractor:
         return np.concatenate([cleanfid.get_batch_features(self._prepare(images[s : s + batch_size]), self.model,
                                                            self.device) for s in range(0, len(images), batch_size)])
 
+    def feature_stats(self, batches: Iterable[np.ndarray], batch_size: int,
+                      progress: Callable[[int], None] = lambda n: None) -> FeatureStats:
+        """Statistics of the features of a stream of uint8 NHWC image batches (any sizes), `batch_size` images
+        through the extractor at a time; only one batch is held in memory."""
+        stats = FeatureStats()
+        for images in batches:
+            stats.add(self.features(images, batch_size))
+            progress(len(images))
+        return stats
+
 
 def inception_extractor(weights: Path, device: torch.device) -> Extractor:
     from cleanfid.inception_torchscript import InceptionV3W
@@ -84,12 +109,92 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
+class FeatureStats:
+    """Mean and covariance of feature vectors added batch by batch, in float64. The sums are taken about a
+    shift (the first batch's mean) so that the covariance does not cancel against the squared mean."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._shift: np.ndarray | None = None
+        self._sum: np.ndarray | None = None  # of (x - shift)
+        self._outer: np.ndarray | None = None  # of (x - shift)(x - shift)^T
+
+    def add(self, features: np.ndarray) -> None:
+        """Features [n, d] of n more items."""
+        features = np.asarray(features, np.float64)
+        if not len(features):
+            return
+        if self._shift is None:
+            self._reset(features.mean(axis=0))
+        centered = features - self._shift
+        self._sum += centered.sum(axis=0)
+        self._outer += centered.T @ centered
+        self.count += len(features)
+
+    def merge(self, runtime: Runtime) -> FeatureStats:
+        """Combine every process's statistics (each then holds the total); a process may have added nothing."""
+        shifts = [shift for count, shift in runtime.gather((self.count, self._shift)) if count]
+        if not shifts:
+            return self
+        self._recenter(shifts[0])  # one shift for all, so that the sums add up
+        d = len(self._shift)
+        flat = np.concatenate([[self.count], self._sum, self._outer.ravel()])
+        total = runtime.sum(torch.from_numpy(flat).to(runtime.device)).cpu().numpy()
+        self.count, self._sum, self._outer = int(total[0]), total[1 : 1 + d], total[1 + d :].reshape(d, d)
+        return self
+
+    def mu_sigma(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mean and the unbiased covariance (as np.cov(rowvar=False))."""
+        if self.count < 2:
+            raise PipelineError(f"a covariance needs at least 2 feature vectors, got {self.count}")
+        mean = self._sum / self.count
+        sigma = (self._outer - np.outer(self._sum, mean)) / (self.count - 1)
+        return self._shift + mean, sigma
+
+    def _reset(self, shift: np.ndarray) -> None:
+        d = len(shift)
+        self._shift, self._sum, self._outer = shift, np.zeros(d), np.zeros((d, d))
+
+    def _recenter(self, shift: np.ndarray) -> None:
+        """Express the sums about `shift`: with c = x - s and delta = s - shift, x - shift = c + delta."""
+        if self._shift is None:
+            self._reset(shift)
+            return
+        delta = self._shift - shift
+        self._outer += np.outer(delta, self._sum) + np.outer(self._sum, delta) + self.count * np.outer(delta, delta)
+        self._sum += self.count * delta
+        self._shift = shift
+
+
+def given_statistics(path: str, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """mu and sigma from reference.stats_path (clean-fid's and ADM's .npz layout), checked against the
+    extractor's feature width."""
+    if not Path(path).is_file():
+        raise PipelineError(f"reference.stats_path = {path!r}: no such file; point it at an .npz holding mu and "
+                            "sigma, or set it to null to use the training split")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in ("mu", "sigma") if key not in data.files]
+            if missing:
+                raise PipelineError(f"reference.stats_path = {path!r} lacks {' and '.join(missing)} (it holds "
+                                    f"{', '.join(data.files) or 'nothing'}): give an .npz with mu and sigma")
+            mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"reference.stats_path = {path!r} is not a readable .npz ({exc})") from None
+    if mu.shape != (width,) or sigma.shape != (width, width):
+        raise PipelineError(f"reference.stats_path = {path!r}: mu {mu.shape} and sigma {sigma.shape} do not fit the "
+                            f"extractor's {width} features (expected ({width},) and ({width}, {width})): give "
+                            "statistics of Inception pool3 features")
+    return mu, sigma
+
+
 def frechet_distance(stats_a: tuple[np.ndarray, np.ndarray], stats_b: tuple[np.ndarray, np.ndarray]) -> float:
     return float(cleanfid.frechet_distance(stats_a[0], stats_a[1], stats_b[0], stats_b[1]))
 
 
-# The reference artifact (data/reference/): extractor weights (trained only), statistics of the training
-# split, and reference.json (extractor, metric name, the real-data floor, counts).
+# The reference artifact (data/reference/): extractor weights (trained only), the reference statistics (of
+# the training split, or given), and reference.json (extractor, metric name, the real-data floor, counts,
+# stats_source: where the statistics came from).
 
 def save_reference(out_dir: str | Path, extractor: Extractor, net: torch.nn.Module | None, net_config: dict | None,
                    ref_stats: tuple[np.ndarray, np.ndarray], info: dict) -> None:

@@ -29,8 +29,8 @@ from pipeline.config import GradientBiasParams
 from pipeline.divergences import DIVERGENCES
 from pipeline.noise_levels import sample_noise_levels
 from pipeline.preconditioning import Denoiser, denoising_loss, edm_coefficients
-from pipeline.training_task import Draws
 from pipeline.ratio_losses import generator_loss, ratio_loss
+from pipeline.training_task import Draws
 from pipeline.vsd import score_difference_loss
 
 
@@ -168,8 +168,9 @@ def run(p: GradientBiasParams, seed: int) -> list[dict]:
                 fake = generator(torch.randn(p.batch_size, p.dim, 1, 1))
             real = data.sample(p.batch_size)
             losses = {"ratio": ratio_loss(nets["ratio"], fake, real, None, s, draws)[0],
-                      "teacher": denoising_loss(nets["teacher"], real, None, s, draws.randn(p.dim, 1, 1)).mean(),
-                      "fake": denoising_loss(nets["fake"], fake, None, s, draws.randn(p.dim, 1, 1)).mean()}
+                      "teacher": denoising_loss(nets["teacher"], real, None, s, draws.randn(p.dim, 1, 1),
+                                                sigma_data).mean(),
+                      "fake": denoising_loss(nets["fake"], fake, None, s, draws.randn(p.dim, 1, 1), sigma_data).mean()}
             for name, loss in losses.items():
                 opts[name].zero_grad(set_to_none=True)
                 loss.backward()

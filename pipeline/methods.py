@@ -13,8 +13,8 @@ from pipeline.generator import OneStepGenerator
 from pipeline.models import build_denoiser
 from pipeline.one_step_training import OneStepTraining
 from pipeline.preconditioning import Denoiser
-from pipeline.runtime import Runtime
 from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
+from pipeline.runtime import Runtime
 from pipeline.training_data import TrainingData
 from pipeline.vsd import VSDTraining
 

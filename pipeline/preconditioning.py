@@ -41,19 +41,19 @@ class Denoiser(nn.Module):
 
 
 def denoising_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, sigma: torch.Tensor,
-                   noise: torch.Tensor) -> torch.Tensor:
+                   noise: torch.Tensor, sigma_data: float) -> torch.Tensor:
     """Per-sample lambda(s)-weighted denoising loss at the given noise levels and N(0, I) noise (mean over
-    pixels)."""
+    pixels). `denoiser` may be a wrapper (DDP, compiled), so sigma_data is passed in."""
     denoised = denoiser(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma, labels)
-    weight = loss_weight(sigma, denoiser.sigma_data).view(-1, 1, 1, 1)
+    weight = loss_weight(sigma, sigma_data).view(-1, 1, 1, 1)
     return (weight * (denoised - x0) ** 2).flatten(1).mean(1)
 
 
 def edm_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, p_mean: float, p_std: float,
-             draws: Draws) -> torch.Tensor:
+             draws: Draws, sigma_data: float) -> torch.Tensor:
     """EDM's loss: the denoising loss at log-normal noise levels, per sample, so callers can reduce or bucket it."""
     sigma = (draws.randn() * p_std + p_mean).exp()
-    return denoising_loss(denoiser, x0, labels, sigma, draws.randn(*x0.shape[1:]))
+    return denoising_loss(denoiser, x0, labels, sigma, draws.randn(*x0.shape[1:]), sigma_data)
 
 
 def score(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor | float, labels=None) -> torch.Tensor:

@@ -1,14 +1,16 @@
 """The prepared-data format: what prepare writes and every later stage reads.
 
-    images.npy     uint8 [N, H, W, C], written as a memory map while streaming (never all in memory)
-    labels.npy     int64 [N]
+    images-00000.npy, images-00001.npy, ...
+                   uint8 [n, H, W, C] with n <= prepare.shard_size: the images in order, written as memory
+                   maps while streaming and read back one batch at a time (never all in memory)
+    labels.npy     int64 [N], one per image in file order (shard 0 first)
     split.npy      uint8 [N]: 0 train, 1 held out (the real-data floor of FID/FD)
-    manifest.json  source, provenance, class names, counts, skipped images, the params used
+    manifest.json  source, provenance, class names, counts, shard sizes, skipped images, the params used
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,12 @@ from pipeline.config import PrepareParams
 from pipeline.errors import PipelineError
 
 TRAIN, HOLDOUT = 0, 1
+SPLIT_NAMES = {TRAIN: "training", HOLDOUT: "held-out"}
+IN_MEMORY_LIMIT = 8 * 2**30  # bytes `PreparedData.part` may load at once
+
+
+def shard_file(k: int) -> str:
+    return f"images-{k:05d}.npy"
 
 
 def open_source(p: PrepareParams, seed: int) -> data_sources.Listing:
@@ -59,28 +67,10 @@ def write_prepared(out_dir: str | Path, p: PrepareParams, seed: int,
                    progress: Callable[[int], None] = lambda n: None) -> dict:
     listing = open_source(p, seed)
     indices, split = select(listing, p, seed)
-    shape = (len(indices), p.resolution, p.resolution, listing.channels)
-    skipped: list[str] = []
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, shape)
-        good = np.zeros(len(indices), bool)
-        for row, index in enumerate(indices):
-            image = listing.read(int(index))
-            if image is None or image.shape != shape[1:]:
-                if p.on_bad_image == "fail":
-                    raise PipelineError(f"unreadable or mis-shaped image: {listing.origin(int(index))}; remove it or "
-                                        "set prepare.on_bad_image: skip")
-                skipped.append(listing.origin(int(index)))
-            else:
-                images[row], good[row] = image, True
-            progress(1)
-        images.flush()
-        del images
-        if skipped:
-            kept = np.flatnonzero(good)
-            _compact(tmp / "images.npy", kept)
-            indices, split = indices[kept], split[kept]
+        good, sizes, skipped = _write_shards(tmp, listing, indices, p, progress)
+        indices, split = indices[good], split[good]
         labels = listing.labels[indices].astype(np.int64)
         np.save(tmp / "labels.npy", labels)
         np.save(tmp / "split.npy", split)
@@ -91,19 +81,57 @@ def write_prepared(out_dir: str | Path, p: PrepareParams, seed: int,
             "num_holdout": int((split == HOLDOUT).sum()),
             "holdout_from": "official test split" if listing.splits.any() else "seeded random subset",
             "label_counts": np.bincount(labels, minlength=len(listing.class_names)).tolist(),
+            "shard_size": p.shard_size, "shards": sizes,
             "skipped": skipped, "seed": seed, "params": p.model_dump(),
         }
         write_json(tmp / "manifest.json", manifest)
     return manifest
 
 
-def _compact(path: Path, kept: np.ndarray, chunk: int = 4096) -> None:
-    """Rewrite the memory-mapped array at `path` with only the rows `kept` (the rare skip path)."""
+def _write_shards(folder: Path, listing: data_sources.Listing, indices: np.ndarray, p: PrepareParams,
+                  progress: Callable[[int], None]) -> tuple[np.ndarray, list[int], list[str]]:
+    """Stream the records in order into shards of at most shard_size images; a bad image is skipped (or
+    fails). Returns which records were kept, the shard sizes and the skipped records' origins."""
+    shape = (p.resolution, p.resolution, listing.channels)
+    good = np.zeros(len(indices), bool)
+    sizes: list[int] = []
+    skipped: list[str] = []
+    shard = None
+    for row, index in enumerate(indices):
+        image = listing.read(int(index))
+        progress(1)
+        if image is None or image.shape != shape:
+            if p.on_bad_image == "fail":
+                raise PipelineError(f"unreadable or mis-shaped image: {listing.origin(int(index))}; remove it or "
+                                    "set prepare.on_bad_image: skip")
+            skipped.append(listing.origin(int(index)))
+            continue
+        if shard is None or sizes[-1] == len(shard):
+            if shard is not None:
+                shard.flush()
+            # The rows still to read bound this shard's size; only the last shard can end up short (skips).
+            capacity = min(p.shard_size, len(indices) - row)
+            shard = np.lib.format.open_memmap(folder / shard_file(len(sizes)), "w+", np.uint8, (capacity, *shape))
+            sizes.append(0)
+        shard[sizes[-1]] = image
+        sizes[-1] += 1
+        good[row] = True
+    if shard is not None:
+        shard.flush()
+        short = sizes[-1] < len(shard)
+        del shard
+        if short:
+            _compact(folder / shard_file(len(sizes) - 1), sizes[-1])
+    return good, sizes, skipped
+
+
+def _compact(path: Path, rows: int, chunk: int = 4096) -> None:
+    """Rewrite the memory-mapped array at `path` with only its first `rows` rows (the skip path)."""
     source = np.load(path, mmap_mode="r")
-    target_path = path.with_name("compact.npy")
-    target = np.lib.format.open_memmap(target_path, "w+", np.uint8, (len(kept), *source.shape[1:]))
-    for start in range(0, len(kept), chunk):
-        target[start : start + chunk] = source[kept[start : start + chunk]]
+    target_path = path.with_name(f"compact-{path.name}")
+    target = np.lib.format.open_memmap(target_path, "w+", np.uint8, (rows, *source.shape[1:]))
+    for start in range(0, rows, chunk):
+        target[start : start + chunk] = source[start : min(start + chunk, rows)]
     target.flush()
     del source, target
     target_path.replace(path)
@@ -111,32 +139,77 @@ def _compact(path: Path, kept: np.ndarray, chunk: int = 4096) -> None:
 
 @dataclass
 class PreparedData:
-    images: np.ndarray  # uint8 NHWC, memory-mapped
-    labels: np.ndarray
-    split: np.ndarray
+    shards: list[np.ndarray]  # uint8 NHWC, memory-mapped, in file order
+    labels: np.ndarray  # int64, every image in file order
+    split: np.ndarray  # TRAIN or HOLDOUT per image
     manifest: dict
-
-    def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
-        mask = self.split == which
-        return self.images[mask], self.labels[mask]
 
     @property
     def num_classes(self) -> int:
         return len(self.manifest["class_names"])
 
+    @property
+    def shard_size(self) -> int:
+        return self.manifest["shard_size"]
+
+    def count(self, which: int) -> int:
+        """How many images split `which` (TRAIN or HOLDOUT) holds."""
+        return int((self.split == which).sum())
+
+    def batches(self, which: int, batch_size: int,
+                indices: Iterable[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(uint8 NHWC images, int64 labels) of split `which`, `batch_size` at a time in file order, reading
+        only those rows. `indices`: ascending positions among the split's images, to read only those."""
+        rows = self._rows(which, indices)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            yield self._read(chunk), self.labels[chunk]
+
+    def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every image and label of split `which` in memory: for small data only (the trained extractor)."""
+        rows = self._rows(which)
+        size = len(rows) * self.manifest["resolution"] ** 2 * self.manifest["channels"]
+        if size > IN_MEMORY_LIMIT:
+            raise PipelineError(f"the {SPLIT_NAMES[which]} split is {size / 2**30:.3g} GiB, more than the "
+                                f"{IN_MEMORY_LIMIT / 2**30:.3g} GiB loaded in memory at once: the trained feature "
+                                "extractor is for small data sets; use reference.extractor: inception")
+        return self._read(rows), self.labels[rows]
+
+    def _rows(self, which: int, indices: Iterable[int] | None = None) -> np.ndarray:
+        rows = np.flatnonzero(self.split == which)
+        return rows if indices is None else rows[np.asarray(indices, np.int64)]
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """The images at file rows `rows` (ascending), read shard by shard."""
+        if len(rows) == 0:
+            side = self.manifest["resolution"]
+            return np.zeros((0, side, side, self.manifest["channels"]), np.uint8)
+        starts = np.cumsum([0, *(len(s) for s in self.shards)])
+        shard_of = np.searchsorted(starts, rows, side="right") - 1
+        return np.concatenate([self.shards[k][rows[shard_of == k] - starts[k]] for k in np.unique(shard_of)])
+
 
 def load_prepared(path: str | Path) -> PreparedData:
+    """The prepared data, its shards memory-mapped and checked against the manifest."""
     path = Path(path)
     manifest = read_json(require(path / "manifest.json", "prepare"))
+    if "shards" not in manifest:
+        raise PipelineError(f"{path} holds prepared data in an older (unsharded) format: rerun `dvc repro prepare`")
+    sizes = manifest["shards"]
     try:
-        images = np.load(require(path / "images.npy", "prepare"), mmap_mode="r", allow_pickle=False)
+        shards = [np.load(require(path / shard_file(k), "prepare"), mmap_mode="r", allow_pickle=False)
+                  for k in range(len(sizes))]
         labels = np.load(require(path / "labels.npy", "prepare"), allow_pickle=False)
         split = np.load(require(path / "split.npy", "prepare"), allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         raise PipelineError(f"{path}: corrupt prepared data ({exc}): rerun `dvc repro prepare`") from None
+    row = (manifest["resolution"], manifest["resolution"], manifest["channels"])
+    for k, (shard, size) in enumerate(zip(shards, sizes)):
+        if shard.shape != (size, *row) or shard.dtype != np.uint8:
+            raise PipelineError(f"{path / shard_file(k)}: {shard.dtype} {shard.shape} does not match the manifest "
+                                f"(uint8 {(size, *row)}): rerun `dvc repro prepare`")
     n = manifest["num_images"]
-    expected = (n, manifest["resolution"], manifest["resolution"], manifest["channels"])
-    if images.shape != expected or images.dtype != np.uint8 or labels.shape != (n,) or split.shape != (n,):
-        raise PipelineError(f"{path}: images {images.shape} {images.dtype}, labels {labels.shape}, split "
-                            f"{split.shape} do not match the manifest {expected}: rerun `dvc repro prepare`")
-    return PreparedData(images, labels, split, manifest)
+    if sum(sizes) != n or labels.shape != (n,) or split.shape != (n,):
+        raise PipelineError(f"{path}: {sum(sizes)} images in {len(sizes)} shards, labels {labels.shape}, split "
+                            f"{split.shape} do not match the manifest's {n} images: rerun `dvc repro prepare`")
+    return PreparedData(shards, labels, split, manifest)

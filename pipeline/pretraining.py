@@ -23,7 +23,7 @@ class ScorePretraining(TrainingTask):
     def loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, labels = self.data.batch(draws)
         loss = edm_loss(self.run["score"], x0, labels if self.p.class_conditional else None,
-                        self.p.p_mean, self.p.p_std, draws).mean()
+                        self.p.p_mean, self.p.p_std, draws, self.p.sigma_data).mean()
         return loss, {"loss": loss}
 
     def step(self) -> dict[str, torch.Tensor]:

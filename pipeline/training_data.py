@@ -1,4 +1,9 @@
-"""The encoded training set on the device, drawn in random batches: what every training task reads."""
+"""The encoded training set, drawn in random batches: what every training task reads.
+
+It is kept on the GPU when it takes at most a quarter of the GPU's memory, otherwise in pinned host memory
+(e.g. ImageNet-512 latents), with each batch gathered there and copied over. Either way every process holds
+the whole set: its host memory must hold processes x the encoded size.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,18 @@ import torch
 from pipeline.training_task import Draws
 
 
+DEVICE_SHARE = 0.25  # the largest fraction of a GPU's memory the training set may take there
+
+
 class TrainingData:
-    """The encoded training set on the device; draws random batches in model space."""
+    """The encoded training set; draws random batches in model space, on the device."""
 
     def __init__(self, encoder, stored: dict[str, torch.Tensor], labels: torch.Tensor, device: torch.device):
         self.encoder = encoder
-        self.stored = {k: v.to(device) for k, v in stored.items()}
+        size = sum(v.numel() * v.element_size() for v in stored.values())
+        on_device = device.type != "cuda" or size <= DEVICE_SHARE * torch.cuda.get_device_properties(device).total_memory
+        self.home = device if on_device else torch.device("cpu")
+        self.stored = {k: v.to(device) if on_device else v.pin_memory() for k, v in stored.items()}
         self.labels = labels.to(device)
         self.device = device
 
@@ -27,4 +38,5 @@ class TrainingData:
     def batch(self, draws: Draws) -> tuple[torch.Tensor, torch.Tensor]:
         """Training examples drawn with replacement, one per row of `draws`, and their labels."""
         idx = draws.randint(len(self))
-        return self.encoder.to_training({k: v[idx] for k, v in self.stored.items()}), self.labels[idx]
+        rows = {k: v[idx.to(self.home)].to(self.device, non_blocking=True) for k, v in self.stored.items()}
+        return self.encoder.to_training(rows, draws), self.labels[idx]

@@ -50,7 +50,8 @@ class VSDTraining(OneStepTraining):
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
         sigma = sample_noise_levels(draws, self.p.ratio_noise)
-        loss = denoising_loss(self.run["fake_score"], x_fake, labels, sigma, draws.randn(*x_fake.shape[1:])).mean()
+        loss = denoising_loss(self.run["fake_score"], x_fake, labels, sigma, draws.randn(*x_fake.shape[1:]),
+                              self.teacher.sigma_data).mean()
         return loss, {"fake_score_loss": loss}
 
     def generator_loss(self, x_gen, sigma, labels, draws):
@@ -65,6 +66,6 @@ class VSDTraining(OneStepTraining):
         _, labels = self.batch(draws)
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
-            loss = denoising_loss(fake, x_fake, labels, sigma, draws.randn(*x_fake.shape[1:])).mean()
+            loss = denoising_loss(fake, x_fake, labels, sigma, draws.randn(*x_fake.shape[1:]), fake.sigma_data).mean()
         _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, self.p.weighting)
         return {"fake_score_loss": loss.item(), "update_norm": out["update"].flatten(1).norm(dim=1).mean().item()}

@@ -1,28 +1,31 @@
-"""encode: prepared training images -> data/encoded (identity pixels or SD-VAE posterior moments)."""
+"""encode: prepared training images -> data/encoded (identity pixels or SD-VAE posterior moments), in
+shards; under torchrun each of the compute.processes processes encodes its share of the shards."""
 
 from pipeline.config import Params
-from pipeline.encoders import make_encoder, write_encoded
-from pipeline.prepared_data import TRAIN, load_prepared
-from pipeline.stage import console, pick_device, run_stage
+from pipeline.encoders import encode_shards, make_encoder, write_encoded
+from pipeline.prepared_data import load_prepared
+from pipeline.runtime import Runtime
+from pipeline.stage import console, run_stage
 from pipeline.training_loop import progress_bar
 
 OUT = "data/encoded"
 
 
-def main(params: Params) -> None:
-    device = pick_device(params.device)
+def main(params: Params, runtime: Runtime) -> None:
     data = load_prepared("data/prepared")
-    images, labels = data.part(TRAIN)
     settings = {"encoder": params.encode.encoder}
     if params.encode.encoder == "sd-vae":
         settings["vae"] = params.encode.vae
-    encoder = make_encoder(settings, device)
-    with progress_bar() as bar:
-        task = bar.add_task(f"encode {encoder.name}", total=len(images), status="")
-        config = write_encoded(OUT, images, labels, data.num_classes, encoder, params.encode.batch_size, device,
-                               lambda n: bar.advance(task, n))
-    console.print(f"encoded {len(images)} images -> {OUT} ({config['channels']}x{config['resolution']}^2)")
+    encoder = make_encoder(settings, runtime.device)
+    shards = encode_shards(data)
+    mine = sum(len(shards[k]) for k in runtime.share(len(shards)))
+    with progress_bar() as bar:  # the main process's share only: one bar on the terminal
+        task = bar.add_task(f"encode {encoder.name}", total=mine, status="", visible=runtime.main)
+        config = write_encoded(OUT, data, encoder, params.encode.batch_size, runtime, lambda n: bar.advance(task, n))
+    if runtime.main:
+        console.print(f"encoded {config['num_images']} images in {len(config['shards'])} shards on {runtime.world} "
+                      f"process(es) -> {OUT} ({config['channels']}x{config['resolution']}^2)")
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_stage(main, distributed=True)

@@ -18,8 +18,8 @@ from pipeline.fid import frechet_distance, load_reference, statistics
 from pipeline.generator import load_generator
 from pipeline.images import save_grid
 from pipeline.ratio_net import load_ratio_net
-from pipeline.scaling import scaled_generate
 from pipeline.runtime import Runtime
+from pipeline.scaling import scaled_generate
 from pipeline.stage import console, run_stage
 
 OUT, METRICS, CURVE, GRID = "data/scaled", "metrics/scale.json", "metrics/scale.csv", "metrics/grids/scaled.png"

@@ -1,6 +1,7 @@
 """prepare's data sources and the prepared-data format, on data the tests make."""
 
 import io
+import json
 import pickle
 import tarfile
 
@@ -14,15 +15,22 @@ from pipeline.prepared_data import HOLDOUT, TRAIN, load_prepared, write_prepared
 
 
 def prepare_params(**changes) -> PrepareParams:
-    base = dict(source="digits", path=None, resolution=8, holdout=100, max_images=None, on_bad_image="fail")
+    base = dict(source="digits", path=None, resolution=8, holdout=100, max_images=None, on_bad_image="fail",
+                shard_size=50000)
     return PrepareParams(**{**base, **changes})
+
+
+def all_images(data) -> np.ndarray:
+    """Every prepared image in file order (the tests' data is small)."""
+    return np.concatenate(data.shards)
 
 
 def test_digits(tmp_path):
     manifest = write_prepared(tmp_path / "out", prepare_params(), seed=0)
     data = load_prepared(tmp_path / "out")
-    assert data.images.shape == (1797, 8, 8, 1) and data.images.dtype == np.uint8
-    assert data.images.max() == 255 and data.num_classes == 10
+    images = all_images(data)
+    assert images.shape == (1797, 8, 8, 1) and images.dtype == np.uint8
+    assert images.max() == 255 and data.num_classes == 10 and manifest["shards"] == [1797]
     assert manifest["num_holdout"] == 100 and (data.split == HOLDOUT).sum() == 100
     assert set(np.unique(data.labels)) == set(range(10))
 
@@ -32,8 +40,8 @@ def test_digits_resized_and_subset_are_deterministic(tmp_path):
     write_prepared(tmp_path / "a", p, seed=1)
     write_prepared(tmp_path / "b", p, seed=1)
     a, b = load_prepared(tmp_path / "a"), load_prepared(tmp_path / "b")
-    assert a.images.shape == (300, 16, 16, 1)
-    np.testing.assert_array_equal(a.images, b.images)
+    assert all_images(a).shape == (300, 16, 16, 1)
+    np.testing.assert_array_equal(all_images(a), all_images(b))
     np.testing.assert_array_equal(a.split, b.split)
 
 
@@ -67,7 +75,7 @@ def test_cifar10_archive(tmp_path):
     manifest = write_prepared(tmp_path / "out", prepare_params(source="cifar10", path=str(tmp_path / "cifar.tar.gz"),
                                                                resolution=32, holdout=4), seed=0)
     data = load_prepared(tmp_path / "out")
-    assert data.images.shape == (30 + 4, 32, 32, 3)  # 5 x 6 training images + 4 of the 6 test images
+    assert all_images(data).shape == (30 + 4, 32, 32, 3)  # 5 x 6 training images + 4 of the 6 test images
     assert manifest["holdout_from"] == "official test split" and manifest["class_names"][3] == "class3"
 
 
@@ -78,7 +86,7 @@ def test_cifar10_pixels_are_in_hwc_order(tmp_path):
     data = load_prepared(tmp_path / "out")
     with tarfile.open(tmp_path / "cifar.tar.gz") as tar:
         raw = pickle.loads(tar.extractfile("cifar-10-batches-py/data_batch_1").read(), encoding="bytes")[b"data"][0]
-    np.testing.assert_array_equal(data.images[0, 0, 0], raw[[0, 1024, 2048]])  # R, G, B planes of pixel (0, 0)
+    np.testing.assert_array_equal(data.shards[0][0, 0, 0], raw[[0, 1024, 2048]])  # R, G, B planes of pixel (0, 0)
 
 
 def test_wrong_archive_is_rejected(tmp_path):
@@ -115,7 +123,7 @@ def test_imagefolder_center_crops_and_labels(tmp_path):
     manifest = write_prepared(tmp_path / "out", prepare_params(source="imagefolder", path=str(tmp_path / "tree"),
                                                                resolution=16, holdout=2), seed=0)
     data = load_prepared(tmp_path / "out")
-    assert data.images.shape == (10, 16, 16, 3) and manifest["class_names"] == ["cat", "dog"]
+    assert all_images(data).shape == (10, 16, 16, 3) and manifest["class_names"] == ["cat", "dog"]
     assert sorted(np.bincount(data.labels).tolist()) == [5, 5]
     assert manifest["num_train"] == 8 and manifest["num_holdout"] == 2
 
@@ -133,25 +141,41 @@ def test_imagefolder_corrupt_image_skipped_and_recorded(tmp_path):
     manifest = write_prepared(tmp_path / "out", prepare_params(source="imagefolder", path=str(tmp_path / "tree"),
                                                                resolution=16, holdout=2, on_bad_image="skip"), seed=0)
     data = load_prepared(tmp_path / "out")
-    assert len(data.images) == 10 and manifest["skipped"][0].endswith("broken.JPEG")
-    assert (data.images.reshape(10, -1).max(1) > 0).all()  # no empty row left where the bad image was
+    images = all_images(data)
+    assert len(images) == 10 and manifest["skipped"][0].endswith("broken.JPEG")
+    assert (images.reshape(10, -1).max(1) > 0).all()  # no empty row left where the bad image was
 
 
 def test_synthetic_source(tmp_path):
     write_prepared(tmp_path / "out", prepare_params(source="synthetic", resolution=32, max_images=20, holdout=4), 0)
     data = load_prepared(tmp_path / "out")
-    assert data.images.shape == (20, 32, 32, 3) and data.part(TRAIN)[0].shape[0] == 16
+    assert all_images(data).shape == (20, 32, 32, 3) and data.part(TRAIN)[0].shape[0] == 16
+    assert data.count(TRAIN) == 16 and data.count(HOLDOUT) == 4
 
 
 def test_missing_and_mis_shaped_prepared_data(tmp_path):
     with pytest.raises(PipelineError, match="missing artifact .*manifest.json.*dvc repro prepare"):
         load_prepared(tmp_path / "nothing")
+    write_prepared(tmp_path / "out", prepare_params(shard_size=700), seed=0)  # 700 + 700 + 397 images
+    out = tmp_path / "out"
+    np.save(out / "images-00001.npy", np.zeros((5, 8, 8, 1), np.uint8))
+    with pytest.raises(PipelineError, match=r"images-00001\.npy: uint8 \(5, 8, 8, 1\) does not match the manifest "
+                                            r"\(uint8 \(700, 8, 8, 1\)\): rerun `dvc repro prepare`"):
+        load_prepared(out)
+    (out / "labels.npy").write_bytes(b"garbage")
+    with pytest.raises(PipelineError, match="corrupt prepared data.*rerun `dvc repro prepare`"):
+        load_prepared(out)
+    (out / "images-00002.npy").unlink()
+    with pytest.raises(PipelineError, match=r"missing artifact .*images-00002\.npy: run `dvc repro prepare`"):
+        load_prepared(out)
+
+
+def test_older_unsharded_prepared_data_is_refused(tmp_path):
     write_prepared(tmp_path / "out", prepare_params(), seed=0)
-    np.save(tmp_path / "out" / "images.npy", np.zeros((5, 8, 8, 1), np.uint8))
-    with pytest.raises(PipelineError, match="do not match the manifest"):
-        load_prepared(tmp_path / "out")
-    (tmp_path / "out" / "labels.npy").write_bytes(b"garbage")
-    with pytest.raises(PipelineError, match="corrupt prepared data"):
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    del manifest["shards"]
+    (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PipelineError, match="older .unsharded. format: rerun `dvc repro prepare`"):
         load_prepared(tmp_path / "out")
 
 
@@ -159,3 +183,63 @@ def test_holdout_too_large(tmp_path):
     with pytest.raises(PipelineError, match="lower prepare.holdout"):
         write_prepared(tmp_path / "out", prepare_params(holdout=1000), seed=0)
     assert not (tmp_path / "out").exists()
+
+
+def read_split(data, which, batch_size, indices=None):
+    parts = list(data.batches(which, batch_size, indices))
+    return np.concatenate([images for images, _ in parts]), np.concatenate([labels for _, labels in parts])
+
+
+def test_shards_hold_the_same_data_as_one_file(tmp_path):
+    one = write_prepared(tmp_path / "one", prepare_params(holdout=200), seed=0)
+    three = write_prepared(tmp_path / "three", prepare_params(holdout=200, shard_size=700), seed=0)
+    assert one["shards"] == [1797] and three["shards"] == [700, 700, 397]
+    a, b = load_prepared(tmp_path / "one"), load_prepared(tmp_path / "three")
+    assert sorted(p.name for p in (tmp_path / "three").iterdir()) == [
+        "images-00000.npy", "images-00001.npy", "images-00002.npy", "labels.npy", "manifest.json", "split.npy"]
+    np.testing.assert_array_equal(all_images(a), all_images(b))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.split, b.split)
+    for which in (TRAIN, HOLDOUT):  # batches that straddle shard boundaries read the split's rows in order
+        mask = a.split == which
+        images, labels = read_split(b, which, 256)
+        np.testing.assert_array_equal(images, all_images(a)[mask])
+        np.testing.assert_array_equal(labels, a.labels[mask])
+        assert b.count(which) == mask.sum()
+        np.testing.assert_array_equal(b.part(which)[0], images)
+
+
+def test_batches_of_chosen_rows(tmp_path):
+    write_prepared(tmp_path / "out", prepare_params(holdout=200, shard_size=500), seed=0)
+    data = load_prepared(tmp_path / "out")
+    sizes = [len(images) for images, _ in data.batches(TRAIN, 128, range(450, 1050))]
+    assert sizes == [128] * 4 + [88]  # full batches across the shard boundaries at 500 and 1000 rows
+    images, labels = read_split(data, TRAIN, 128, range(450, 1050))
+    everything, all_labels = data.part(TRAIN)
+    np.testing.assert_array_equal(images, everything[450:1050])
+    np.testing.assert_array_equal(labels, all_labels[450:1050])
+
+
+def test_skipping_with_shards_compacts_the_last_shard(tmp_path):
+    make_image_tree(tmp_path / "tree", corrupt=True)  # 11 files, the last one broken
+    (tmp_path / "tree" / "cat" / "2b.JPEG").write_bytes(b"not an image")  # and the 4th
+    p = prepare_params(source="imagefolder", path=str(tmp_path / "tree"), resolution=16, holdout=2, on_bad_image="skip")
+    one = write_prepared(tmp_path / "one", p, seed=0)
+    sharded = write_prepared(tmp_path / "sharded", p.model_copy(update={"shard_size": 4}), seed=0)
+    assert one["shards"] == [10] and sharded["shards"] == [4, 4, 2]
+    assert sharded["skipped"] == one["skipped"] and len(one["skipped"]) == 2
+    a, b = load_prepared(tmp_path / "one"), load_prepared(tmp_path / "sharded")
+    np.testing.assert_array_equal(all_images(a), all_images(b))
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.split, b.split)
+    assert sorted(f.name for f in (tmp_path / "sharded").iterdir() if f.name.startswith("images")) == [
+        "images-00000.npy", "images-00001.npy", "images-00002.npy"]
+
+
+def test_part_refuses_what_would_not_fit_in_memory(tmp_path, monkeypatch):
+    write_prepared(tmp_path / "out", prepare_params(), seed=0)
+    monkeypatch.setattr("pipeline.prepared_data.IN_MEMORY_LIMIT", 1000 * 64)
+    data = load_prepared(tmp_path / "out")
+    assert len(data.part(HOLDOUT)[0]) == 100
+    with pytest.raises(PipelineError, match="training split is .* GiB, more than .* in memory.*reference.extractor: inception"):
+        data.part(TRAIN)

@@ -12,8 +12,8 @@ from pipeline.config import NetworkParams
 from pipeline.divergences import DIVERGENCES
 from pipeline.ratio_losses import generator_loss, ratio_loss
 from pipeline.ratio_net import RatioNet
-from pipeline.vsd import score_difference_loss
 from pipeline.training_task import Draws
+from pipeline.vsd import score_difference_loss
 
 MU_P, A = 0.4, 0.6  # data p = N(MU_P, A^2)
 

@@ -98,8 +98,8 @@ def test_two_processes_match_one(tmp_path):
     assert a.keys() == b.keys()
     teacher = tensors(tmp_path / "data/pretrain")
     moved = max((a[k] - teacher["score.safetensors/" + k.split("/", 1)[1]]).abs().max()
-                for k in a if k.startswith("generator.safetensors/"))
-    assert moved > 1e-4  # the generator trained; the tolerance below is far smaller than its steps
+                for k in a if k.startswith("generator_online.safetensors/"))
+    assert moved > 1e-4  # the generator trained (raw weights); the tolerance below is far smaller
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=2e-5)
 
@@ -117,5 +117,6 @@ def test_two_processes_match_one(tmp_path):
     metric = single["metric"]
     for row in ("teacher", "generator_init", "generator", "generator_online"):
         assert double[row]["num_samples"] == single[row]["num_samples"] == 40
-        assert double[row][metric] == pytest.approx(single[row][metric], rel=1e-9)
+        # summation order differs; sqrtm of a rank-deficient covariance (40 samples) amplifies it to ~1e-8
+        assert double[row][metric] == pytest.approx(single[row][metric], rel=1e-6)
     assert double["protocol"]["processes"] == 2 and "seed 0 + i" in single["protocol"]["seeds"]

@@ -66,10 +66,9 @@ def test_edm_loss_is_minimised_by_the_posterior_mean():
             return exact(x, sigma) + self.delta
 
     shifted = Shifted(0.05)
-    shifted.sigma_data = SD
     draws = Draws(len(x0), torch.device("cpu"))  # the same noise for both: a paired comparison
-    assert (edm_loss(exact, x0, None, -1.2, 1.2, draws.select(slice(None))).mean()
-            < edm_loss(shifted, x0, None, -1.2, 1.2, draws.select(slice(None))).mean())
+    assert (edm_loss(exact, x0, None, -1.2, 1.2, draws.select(slice(None)), SD).mean()
+            < edm_loss(shifted, x0, None, -1.2, 1.2, draws.select(slice(None)), SD).mean())
 
 
 def test_a_trained_denoiser_learns_the_posterior_mean():
@@ -88,7 +87,8 @@ def test_a_trained_denoiser_learns_the_posterior_mean():
     denoiser = Denoiser(MLP(), SD)
     opt = torch.optim.Adam(denoiser.parameters(), lr=3e-3)
     for _ in range(1500):
-        loss = edm_loss(denoiser, mu + a * torch.randn(512, 1, 1, 1), None, -1.2, 1.2, Draws(512, torch.device("cpu"))).mean()
+        x0 = mu + a * torch.randn(512, 1, 1, 1)
+        loss = edm_loss(denoiser, x0, None, -1.2, 1.2, Draws(512, torch.device("cpu")), SD).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -1,24 +1,43 @@
-"""Encoders: identity round trip, and the SD-VAE path with a tiny AutoencoderKL built from a config."""
+"""Encoders: identity round trip, the SD-VAE path with a tiny AutoencoderKL built from a config, and the
+sharded encoded format."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.encoders import IdentityEncoder, load_encoded, make_encoder, write_encoded
+from pipeline.config import ComputeParams
+from pipeline.encoders import IdentityEncoder, load_encoded, make_encoder, shard_name, write_encoded
 from pipeline.errors import PipelineError
+from pipeline.prepared_data import HOLDOUT, TRAIN, PreparedData
+from pipeline.runtime import Runtime
+from pipeline.training_task import Draws
 
 CPU = torch.device("cpu")
+COMPUTE = ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False, compile=False)
+RUNTIME = Runtime(CPU, COMPUTE)
 
 
 def random_images(n=12, res=16, channels=3, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, res, res, channels), dtype=np.uint8)
 
 
+def prepared(images, labels, shard_size, held=()) -> PreparedData:
+    """Prepared data in memory: `images` in shards of `shard_size`, the rows `held` held out."""
+    split = np.full(len(images), TRAIN, np.uint8)
+    split[list(held)] = HOLDOUT
+    manifest = {"class_names": [str(c) for c in range(int(labels.max()) + 1)], "shard_size": shard_size,
+                "resolution": images.shape[1], "channels": images.shape[3]}
+    shards = [images[s : s + shard_size] for s in range(0, len(images), shard_size)]
+    return PreparedData(shards, np.asarray(labels, np.int64), split, manifest)
+
+
 def test_identity_round_trip_is_exact():
     images = random_images(channels=1)
     enc = IdentityEncoder()
     stored = enc.encode(images, CPU)
-    x = enc.to_training(stored)
+    x = enc.to_training(stored, Draws(len(images), torch.device("cpu")))
     assert x.shape == (12, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
     np.testing.assert_array_equal(enc.decode(x), images)
 
@@ -40,8 +59,9 @@ def test_vae_encode_store_whiten_decode(tiny_vae_dir, tmp_path):
     images = random_images(n=40)
     labels = np.arange(40) % 4
     encoder = make_encoder({"encoder": "sd-vae", "vae": str(tiny_vae_dir)}, CPU)
-    config = write_encoded(tmp_path / "enc", images, labels, 4, encoder, batch_size=16, device=CPU)
+    config = write_encoded(tmp_path / "enc", prepared(images, labels, 16), encoder, 16, RUNTIME)
     assert config["channels"] == 4 and config["resolution"] == 8  # two encoder blocks: one halving
+    assert config["shards"] == [16, 16, 8] and config["num_images"] == 40 and config["num_classes"] == 4
 
     loaded, stored, loaded_labels = load_encoded(tmp_path / "enc", CPU)
     assert stored["mean"].dtype == torch.float16 and stored["std"].dtype == torch.float16
@@ -49,14 +69,15 @@ def test_vae_encode_store_whiten_decode(tiny_vae_dir, tmp_path):
     np.testing.assert_array_equal(loaded_labels.numpy(), labels)
 
     # Whitening: training latents have per-channel mean ~0 and std ~0.5 (measured on this very set).
-    x = loaded.to_training(stored, torch.Generator().manual_seed(0))
+    x = loaded.to_training(stored, Draws(40, torch.device("cpu")))
     assert x.mean(dim=(0, 2, 3)).abs().max() < 0.05
     torch.testing.assert_close(x.std(dim=(0, 2, 3)), torch.full((4,), 0.5), atol=0.05, rtol=0)
 
     # Un-whitening then decoding equals decoding the raw posterior sample with the VAE itself.
-    generator = torch.Generator().manual_seed(1)
-    z_raw = stored["mean"].float() + stored["std"].float() * torch.randn(stored["mean"].shape, generator=generator)
-    x = loaded.to_training(stored, torch.Generator().manual_seed(1))
+    torch.manual_seed(1)
+    z_raw = stored["mean"].float() + stored["std"].float() * torch.randn(stored["mean"].shape)
+    torch.manual_seed(1)
+    x = loaded.to_training(stored, Draws(40, torch.device("cpu")))
     decoded = loaded.decode(x[:3])
     with torch.no_grad():
         direct = (loaded.vae.decode(z_raw[:3]).sample.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
@@ -85,3 +106,64 @@ def test_missing_vae_folder_is_a_clear_error(tmp_path, monkeypatch):
 def test_missing_encoded_artifact(tmp_path):
     with pytest.raises(PipelineError, match="dvc repro encode"):
         load_encoded(tmp_path)
+
+
+def encode_directly(encoder, images: np.ndarray) -> dict[str, torch.Tensor]:
+    """One batch of every image: what the sharded, batched encode must reproduce."""
+    return encoder.encode(images, CPU)
+
+
+HELD = (0, 7, 8, 20, 39)  # held-out rows: the encode shards (of training images) differ from the prepared ones
+
+
+def test_sharded_identity_encode_equals_a_direct_encode(tmp_path):
+    images, labels = random_images(n=40, channels=1), np.arange(40) % 10
+    data = prepared(images, labels, 12, HELD)
+    config = write_encoded(tmp_path / "enc", data, IdentityEncoder(), 5, RUNTIME)
+    assert config == {"encoder": "identity", "channels": 1, "resolution": 16, "num_classes": 10, "num_images": 35,
+                      "shards": [12, 12, 11]}
+    assert json.loads((tmp_path / "enc" / "encoder.json").read_text()) == config
+    assert sorted(f.name for f in (tmp_path / "enc").iterdir()) == [
+        "encoder.json", shard_name(0), shard_name(1), shard_name(2)]
+    encoder, stored, loaded_labels = load_encoded(tmp_path / "enc", CPU)
+    train = np.setdiff1d(np.arange(40), HELD)
+    torch.testing.assert_close(stored["x"], encode_directly(IdentityEncoder(), images[train])["x"], rtol=0, atol=0)
+    np.testing.assert_array_equal(loaded_labels.numpy(), labels[train])
+    assert encoder.config == config and not list(tmp_path.glob(".enc.tmp-*"))
+
+
+def test_sharded_vae_encode_equals_a_direct_encode(tiny_vae_dir, tmp_path):
+    images, labels = random_images(n=40), np.arange(40) % 4
+    train = np.setdiff1d(np.arange(40), HELD)
+    encoder = make_encoder({"encoder": "sd-vae", "vae": str(tiny_vae_dir)}, CPU)
+    config = write_encoded(tmp_path / "enc", prepared(images, labels, 12, HELD), encoder, 5, RUNTIME)
+    _, stored, _ = load_encoded(tmp_path / "enc", CPU)
+    direct = encode_directly(encoder, images[train])
+    for key in ("mean", "std"):
+        torch.testing.assert_close(stored[key], direct[key], atol=2e-3, rtol=2e-3)
+    # The whitening statistics, as one pass over everything would measure them (fp16 values, in float64)
+    mean, std = stored["mean"].double(), stored["std"].double()
+    var = mean.var(dim=(0, 2, 3)) + std.square().mean(dim=(0, 2, 3))
+    np.testing.assert_allclose(config["shift"], mean.mean(dim=(0, 2, 3)).numpy(), rtol=1e-10)
+    np.testing.assert_allclose(config["scale"], var.sqrt().numpy(), rtol=1e-10)
+    assert config["shards"] == [12, 12, 11] and config["vae"] == str(tiny_vae_dir)
+
+
+def test_damaged_encoded_shards_are_clear_errors(tmp_path):
+    images, labels = random_images(n=20, channels=1), np.arange(20) % 10
+    write_encoded(tmp_path / "enc", prepared(images, labels, 8), IdentityEncoder(), 8, RUNTIME)
+    config_path = tmp_path / "enc" / "encoder.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "shards": [8, 4, 8]}))
+    with pytest.raises(PipelineError, match=r"shard-00001\.safetensors: .* does not hold the 4 images"):
+        load_encoded(tmp_path / "enc")
+    config_path.write_text(json.dumps({key: value for key, value in config.items() if key != "shards"}))
+    with pytest.raises(PipelineError, match=r"does not list the shards .*unsharded.*rerun `dvc repro encode`"):
+        load_encoded(tmp_path / "enc")
+    config_path.write_text(json.dumps(config))
+    (tmp_path / "enc" / shard_name(1)).write_bytes(b"truncated")
+    with pytest.raises(PipelineError, match=r"shard-00001\.safetensors is unreadable .*rerun `dvc repro encode`"):
+        load_encoded(tmp_path / "enc")
+    (tmp_path / "enc" / shard_name(1)).unlink()
+    with pytest.raises(PipelineError, match=r"missing artifact .*shard-00001\.safetensors.*dvc repro encode"):
+        load_encoded(tmp_path / "enc")
