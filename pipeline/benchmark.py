@@ -167,7 +167,10 @@ def training(name: str, batch: int | None, steps: int) -> dict:
 
 
 def encoding(device: torch.device, batch: int, repeats: int) -> dict:
-    from diffusers import AutoencoderKL
+    try:
+        from diffusers import AutoencoderKL
+    except ImportError:
+        raise PipelineError("--encode-batch needs diffusers: pip install -e '.[latent]'") from None
 
     torch.manual_seed(0)
     vae = AutoencoderKL(**VAE_ARCHITECTURE).to(device).eval().requires_grad_(False)

@@ -105,10 +105,6 @@ def inception_extractor(weights: Path, device: torch.device) -> Extractor:
     return Extractor("inception", model, device)
 
 
-def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return features.mean(axis=0), np.cov(features, rowvar=False)
-
-
 class FeatureStats:
     """Mean and covariance of feature vectors added batch by batch, in float64. The sums are taken about a
     shift (the first batch's mean) so that the covariance does not cancel against the squared mean."""
