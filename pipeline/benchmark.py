@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.artifacts import write_json
 from pipeline.config import Params, load_params
-from pipeline.encoders import IdentityEncoder, load_encoded
+from pipeline.encoders import IdentityEncoder, map_encoded
 from pipeline.errors import PipelineError
 from pipeline.generator import OneStepGenerator
 from pipeline.measure import PeakMemory, StepTimer
@@ -109,13 +109,13 @@ def teacher_and_data(params: Params, config: dict | None, runtime: Runtime) -> t
     device = runtime.device
     if config is None:
         teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
-        encoder, stored, labels = load_encoded("data/encoded", device)
-        return teacher, config, TrainingData(encoder, stored, labels, device)
+        encoder, shards, labels = map_encoded("data/encoded", device)
+        return teacher, config, TrainingData(encoder, shards, labels, device)
     torch.manual_seed(0)
     teacher = build_denoiser(config).to(device).eval().requires_grad_(False)
     shape = (256, config["channels"], config["resolution"], config["resolution"])
     labels = torch.arange(256) % max(config["num_classes"], 1)
-    return teacher, config, TrainingData(IdentityEncoder(), {"x": torch.randn(shape) * 0.5}, labels, device)
+    return teacher, config, TrainingData(IdentityEncoder(), [{"x": torch.randn(shape) * 0.5}], labels, device)
 
 
 def sampling(name: str, batch: int | None, device: torch.device, repeats: int, nfe: int) -> dict:

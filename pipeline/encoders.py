@@ -18,12 +18,14 @@ share of fixed shards of `prepare.shard_size` training images (the same shards f
 
 from __future__ import annotations
 
+import json
+import mmap
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from pipeline.artifacts import read_json, require, write_json
 from pipeline.errors import PipelineError
@@ -202,35 +204,58 @@ def _encode_shard(path: Path, data: PreparedData, positions: range, encoder, bat
     return {"count": len(positions), "shape": list(next(iter(stored.values())).shape[1:]), "moments": moments.numpy()}
 
 
-def load_encoded(path, device: torch.device | None = None):
-    """(encoder, stored tensors, labels) from an encode output folder, the shards concatenated in order."""
+def load_encoder(path, device: torch.device | None = None):
+    """The encoder an encode output folder was written with (its config only: no data is read)."""
     path = Path(path)
     config = read_json(require(path / "encoder.json", "encode"))
     if "shards" not in config or sum(config["shards"]) != config["num_images"]:
         raise PipelineError(f"{path}/encoder.json does not list the shards of {config.get('num_images')} images "
                             "(an older, unsharded format?): rerun `dvc repro encode`")
-    stored: dict[str, torch.Tensor] = {}
-    start = 0
-    for k, count in enumerate(config["shards"]):
-        tensors = _load_shard(path / shard_name(k), count)
-        if not stored:  # one allocation: the data set is never held twice
-            stored = {key: torch.empty((config["num_images"], *t.shape[1:]), dtype=t.dtype) for key, t in tensors.items()}
-        if set(tensors) != set(stored):
-            raise PipelineError(f"{path / shard_name(k)} holds {sorted(tensors)}, shard 0 holds {sorted(stored)}: "
+    return make_encoder(config, device)
+
+
+def map_encoded(path, device: torch.device | None = None):
+    """(encoder, shards, labels): each shard's tensors memory-mapped from its file, not read (processes that
+    map the same files share the pages), and the labels of all shards."""
+    encoder = load_encoder(path, device)
+    shards = [_map_shard(Path(path) / shard_name(k), count) for k, count in enumerate(encoder.config["shards"])]
+    keys = set(shards[0])
+    for k, shard in enumerate(shards):
+        if set(shard) != keys:
+            raise PipelineError(f"{Path(path) / shard_name(k)} holds {sorted(shard)}, shard 0 holds {sorted(keys)}: "
                                 "rerun `dvc repro encode`")
-        for key, value in tensors.items():
-            stored[key][start : start + count] = value
-        start += count
-    labels = stored.pop("labels")
-    return make_encoder(config, device), stored, labels
+    return encoder, [{k: v for k, v in s.items() if k != "labels"} for s in shards], torch.cat([s["labels"] for s in shards])
 
 
-def _load_shard(path: Path, count: int) -> dict[str, torch.Tensor]:
+def load_encoded(path, device: torch.device | None = None):
+    """(encoder, stored tensors, labels) from an encode output folder, the shards concatenated in order."""
+    encoder, shards, labels = map_encoded(path, device)
+    return encoder, {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}, labels
+
+
+SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "I64": torch.int64}
+
+
+def _map_shard(path: Path, count: int) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors as views of a private (copy-on-write) memory map of it."""
     require(path, "encode")
     try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-        raise PipelineError(f"{path} is unreadable ({exc}): rerun `dvc repro encode`") from None
+        with open(path, "rb") as f:
+            header_size = int.from_bytes(f.read(8), "little")
+            if header_size > path.stat().st_size - 8:
+                raise ValueError("the header is longer than the file")
+            header = json.loads(f.read(header_size))
+            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        tensors = {}
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            dtype, (begin, end) = SAFETENSORS_DTYPES[entry["dtype"]], entry["data_offsets"]
+            flat = torch.frombuffer(buffer, dtype=dtype, count=(end - begin) // dtype.itemsize,
+                                    offset=8 + header_size + begin)
+            tensors[key] = flat.view(entry["shape"])
+    except (OSError, ValueError, KeyError, RuntimeError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path} is unreadable ({type(exc).__name__}: {exc}): rerun `dvc repro encode`") from None
     if "labels" not in tensors or any(len(t) != count for t in tensors.values()):
         raise PipelineError(f"{path}: {({k: tuple(t.shape) for k, t in tensors.items()})} does not hold the "
                             f"{count} images (and labels) encoder.json lists: rerun `dvc repro encode`")

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.artifacts import atomic_path, write_csv, write_json
 from pipeline.config import Params
-from pipeline.encoders import load_encoded
+from pipeline.encoders import map_encoded
 from pipeline.models import build_denoiser, denoiser_config, save_denoiser
 from pipeline.networks import count_parameters
 from pipeline.pretraining import ScorePretraining
@@ -25,13 +25,13 @@ CURVES, METRICS = "metrics/pretrain_curves.csv", "metrics/pretrain.json"
 def main(params: Params, runtime: Runtime) -> None:
     p = params.pretrain
     device = runtime.device
-    encoder, stored, labels = load_encoded("data/encoded", device)
+    encoder, shards, labels = map_encoded("data/encoded", device)
     data_config = encoder.config
     config = denoiser_config(p.network, data_config["resolution"], data_config["channels"],
                              data_config["num_classes"] if p.class_conditional else 0, p.sigma_data)
     torch.manual_seed(params.seed)
     net = build_denoiser(config).to(device)
-    task = ScorePretraining(net, TrainingData(encoder, stored, labels, device), p, runtime)
+    task = ScorePretraining(net, TrainingData(encoder, shards, labels, device), p, runtime)
     run_id = fingerprint(params.seed, p.model_dump(), data_config)
     started = time.perf_counter()
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline.artifacts import load_arrays, save_arrays, write_json
 from pipeline.config import Params
-from pipeline.encoders import load_encoded
+from pipeline.encoders import load_encoder
 from pipeline.generator import OneStepGenerator, load_generator
 from pipeline.images import save_grid
 from pipeline.models import load_denoiser
@@ -34,7 +34,7 @@ OUT, GRIDS = "data/samples", "metrics/grids"
 def main(params: Params, runtime: Runtime) -> None:
     p = params.sample
     device = runtime.device
-    encoder, _, _ = load_encoded("data/encoded", device)
+    encoder = load_encoder("data/encoded", device)
     teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
     generator, generator_config = load_generator("data/train/generator", device)
     online, _ = load_generator("data/train/generator_online", device)

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from pipeline.artifacts import atomic_path, save_arrays, write_csv, write_json
 from pipeline.config import Params
-from pipeline.encoders import decode_batched, load_encoded
+from pipeline.encoders import decode_batched, load_encoder
 from pipeline.fid import FeatureStats, frechet_distance, load_reference
 from pipeline.generator import load_generator
 from pipeline.images import save_grid
@@ -28,7 +28,7 @@ OUT, METRICS, CURVE, GRID = "data/scaled", "metrics/scale.json", "metrics/scale.
 def main(params: Params, runtime: Runtime) -> None:
     p, num = params.scale, params.scale.num_outputs
     device = runtime.device
-    encoder, _, _ = load_encoded("data/encoded", device)
+    encoder = load_encoder("data/encoded", device)
     extractor, ref, _ = load_reference("data/reference", device)
     generator, config = load_generator("data/train/generator", device)
     config = config["denoiser"]

@@ -13,7 +13,7 @@ import time
 
 from pipeline.artifacts import atomic_path, save_weights, write_csv, write_json
 from pipeline.config import Params
-from pipeline.encoders import load_encoded
+from pipeline.encoders import map_encoded
 from pipeline.generator import generator_config, save_generator
 from pipeline.measure import PeakMemory
 from pipeline.methods import build_task
@@ -31,8 +31,8 @@ CURVES, LEVELS, METRICS = "metrics/train_curves.csv", "metrics/train_noise_level
 def main(params: Params, runtime: Runtime) -> None:
     p = params.train
     device = runtime.device
-    encoder, stored, labels = load_encoded("data/encoded", device)
-    data = TrainingData(encoder, stored, labels, device)
+    encoder, shards, labels = map_encoded("data/encoded", device)
+    data = TrainingData(encoder, shards, labels, device)
     teacher, score_config = load_denoiser("data/pretrain/score", device, "pretrain")
     task, auxiliary_config = build_task(params, teacher, score_config, data, runtime)
     generator, auxiliary = task.networks["generator"], task.networks[task.auxiliary]

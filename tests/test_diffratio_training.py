@@ -72,7 +72,7 @@ def make_task(method, fail_at_step=None):
                                             "diagnostic_levels": 2})
     generator = OneStepGenerator(copy.deepcopy(score), train.t_init).requires_grad_(True)
     torch.manual_seed(1)
-    data = TrainingData(IdentityEncoder(), {"x": torch.rand(32, 1, 8, 8) * 2 - 1}, torch.arange(32) % 10,
+    data = TrainingData(IdentityEncoder(), [{"x": torch.rand(32, 1, 8, 8) * 2 - 1}], torch.arange(32) % 10,
                         torch.device("cpu"))
     if method == "diffratio":
         ratio = init_from_score(build_ratio_net(ratio_config(config)), score)

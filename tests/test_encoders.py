@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from pipeline.config import ComputeParams
-from pipeline.encoders import IdentityEncoder, load_encoded, make_encoder, shard_name, write_encoded
+from pipeline.encoders import IdentityEncoder, load_encoded, make_encoder, map_encoded, shard_name, write_encoded
 from pipeline.errors import PipelineError
 from pipeline.prepared_data import HOLDOUT, TRAIN, PreparedData
 from pipeline.runtime import Runtime
+from pipeline.training_data import TrainingData
 from pipeline.training_task import Draws
 
 CPU = torch.device("cpu")
@@ -167,3 +168,20 @@ def test_damaged_encoded_shards_are_clear_errors(tmp_path):
     (tmp_path / "enc" / shard_name(1)).unlink()
     with pytest.raises(PipelineError, match=r"missing artifact .*shard-00001\.safetensors.*dvc repro encode"):
         load_encoded(tmp_path / "enc")
+
+
+def test_training_batches_from_mapped_shards_equal_those_from_memory(tmp_path):
+    images, labels = random_images(n=40, channels=1), np.arange(40) % 4
+    write_encoded(tmp_path / "enc", prepared(images, labels, 16), IdentityEncoder(), 16, RUNTIME)
+    encoder, shards, mapped_labels = map_encoded(tmp_path / "enc", CPU)
+    assert [len(shard["x"]) for shard in shards] == [16, 16, 8]
+    batches = []
+    for on_device in (True, False):  # copied into one tensor / gathered from the three mapped files
+        data = TrainingData(encoder, shards, mapped_labels, CPU, on_device=on_device)
+        torch.manual_seed(0)
+        batches.append(data.batch(Draws(64, CPU)))
+    assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
+    torch.manual_seed(0)
+    idx = torch.randint(0, 40, (64,)).numpy()  # the rows the draws picked
+    np.testing.assert_array_equal(encoder.decode(batches[1][0]), images[idx])
+    np.testing.assert_array_equal(batches[1][1].numpy(), labels[idx])

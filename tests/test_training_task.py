@@ -37,7 +37,7 @@ def pretraining(batch_per_process: int | None) -> ScorePretraining:
     net = NetworkParams(channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=0.0)
     torch.manual_seed(0)
     denoiser = build_denoiser(denoiser_config(net, 8, 1, 10, 0.5))
-    data = TrainingData(IdentityEncoder(), {"x": torch.rand(64, 1, 8, 8) * 2 - 1}, torch.arange(64) % 10,
+    data = TrainingData(IdentityEncoder(), [{"x": torch.rand(64, 1, 8, 8) * 2 - 1}], torch.arange(64) % 10,
                         torch.device("cpu"))
     return ScorePretraining(denoiser, data, p, CPU)
 
