@@ -13,7 +13,6 @@ them) and data/samples/<row>.json.
 """
 
 import math
-import time
 
 import numpy as np
 
@@ -22,6 +21,7 @@ from pipeline.config import Params
 from pipeline.encoders import load_encoder
 from pipeline.generator import OneStepGenerator, load_generator
 from pipeline.images import save_grid
+from pipeline.measure import StepTimer
 from pipeline.models import load_denoiser
 from pipeline.runtime import Runtime
 from pipeline.sampling import batch_indices, edm_heun, generate_batch, heun_sigmas
@@ -50,19 +50,18 @@ def main(params: Params, runtime: Runtime) -> None:
     with runtime.atomic_folder(OUT) as tmp:
         for name, (draw, nfe) in rows.items():
             (tmp / name).mkdir(exist_ok=True)
+            seconds = 0.0  # of generation only, not decoding or writing
             with progress_bar(runtime.main) as bar:
                 task = bar.add_task(f"{name} ({nfe} NFE)", total=p.num_samples, status="")
-                runtime.barrier()
-                started = time.perf_counter()
                 for batch in runtime.share(num_batches):  # per-sample seeds: any split gives the same images
                     indices = batch_indices(p.num_samples, p.batch_size, batch)
-                    with runtime.autocast():
+                    with StepTimer(device) as timer, runtime.autocast():
                         latents, labels = generate_batch(draw, indices, params.seed, shape, config["num_classes"],
                                                          device)
+                    seconds += timer.seconds
                     save_arrays(tmp / name / f"batch-{batch:05d}.npz", images=encoder.decode(latents), labels=labels)
                     bar.advance(task, len(indices) * runtime.world)
-                runtime.barrier()
-                seconds = time.perf_counter() - started
+            seconds = max(runtime.gather(seconds))  # processes generate in parallel: the slowest sets the pace
             if runtime.main:
                 write_json(tmp / f"{name}.json", {"nfe": nfe, "num_samples": p.num_samples, "batches": num_batches,
                                                   "seconds_per_image": seconds / p.num_samples,
