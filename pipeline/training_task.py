@@ -77,10 +77,9 @@ class TrainingTask:
         self.networks, self.ema, self.optimizers, self.runtime = networks, ema, optimizers, runtime
         self.run = {name: runtime.prepare(net) for name, net in networks.items()}
         self.batch_size = loop.batch_size
-        per_process = loop.batch_size // runtime.world
-        per_pass = loop.batch_per_process or per_process
-        first = runtime.rank * per_process
-        self.passes = [slice(start, start + per_pass) for start in range(first, first + per_process, per_pass)]
+        mine = runtime.rows(loop.batch_size)
+        per_pass = loop.batch_per_process or mine.stop - mine.start
+        self.passes = [slice(start, start + per_pass) for start in range(mine.start, mine.stop, per_pass)]
 
     def update(self, name: str, loss: Callable[[Draws], tuple[torch.Tensor, dict[str, torch.Tensor]]]
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
