@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pipeline.artifacts import load_arrays, read_json, require, write_json
 from pipeline.config import Params
-from pipeline.fid import FeatureStats, frechet_distance, load_reference
+from pipeline.fid import frechet_distance, load_reference
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 
@@ -33,10 +33,8 @@ def main(params: Params, runtime: Runtime) -> None:
     metric = extractor.metric
     rows = {"real_floor": {metric: info["floor"], "num_samples": info["num_holdout"], "nfe": 0}}
     for row, files in batches.items():
-        stats = FeatureStats()
-        for k in runtime.share(len(files)):
-            stats.add(extractor.features(load_arrays(files[k])["images"], params.fid.batch_size))
-        stats.merge(runtime)
+        mine = (load_arrays(files[k])["images"] for k in runtime.share(len(files)))
+        stats = extractor.feature_stats(mine, params.fid.batch_size).merge(runtime)
         meta = read_json(SAMPLES / f"{row}.json")
         rows[row] = {metric: frechet_distance(stats.mu_sigma(), ref), "num_samples": stats.count, "nfe": meta["nfe"],
                      "seconds_per_image": meta["seconds_per_image"]}

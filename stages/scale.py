@@ -14,7 +14,7 @@ from rich.table import Table
 from pipeline.artifacts import atomic_path, save_arrays, write_csv, write_json
 from pipeline.config import Params
 from pipeline.encoders import decode_batched, load_encoder
-from pipeline.fid import FeatureStats, frechet_distance, load_reference
+from pipeline.fid import frechet_distance, load_reference
 from pipeline.generator import load_generator
 from pipeline.images import save_grid
 from pipeline.ratio_net import load_ratio_net
@@ -45,9 +45,8 @@ def main(params: Params, runtime: Runtime) -> None:
     metric, rows = extractor.metric, []
 
     def distance(images):
-        stats = FeatureStats()  # as the fid stage computes them, so N = 1 reproduces the generator row
-        stats.add(extractor.features(images, params.fid.batch_size))
-        return frechet_distance(stats.mu_sigma(), ref)
+        # as the fid stage computes them, so N = 1 reproduces the generator row
+        return frechet_distance(extractor.feature_stats([images], params.fid.batch_size).mu_sigma(), ref)
 
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
