@@ -12,8 +12,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipeline.divergences import DIVERGENCES
 from pipeline.errors import PipelineError
+from pipeline.training.divergences import DIVERGENCES
 
 
 class ParamsError(PipelineError):
@@ -166,7 +166,7 @@ class FidParams(Section):
 
 
 class ScaleParams(Section):
-    """Inference-time scaling: N candidates per output, one picked by the ratio net (see pipeline/scaling.py)."""
+    """Inference-time scaling: N candidates per output, one picked by the ratio net (see pipeline/generation/scaling.py)."""
 
     num_outputs: int = Field(ge=2)  # images per N, each picked from N candidates; FD is computed on them
     num_candidates: list[int] = Field(min_length=1)  # the values of N to evaluate, 1 first
@@ -184,7 +184,7 @@ class ScaleParams(Section):
 
 
 class GradientBiasParams(Section):
-    """The analytic gradient-bias experiment (pipeline/gradient_bias.py): a mixture-of-Gaussians target."""
+    """The analytic gradient-bias experiment (pipeline/experiments/gradient_bias.py): a mixture-of-Gaussians target."""
 
     dim: int = Field(ge=1)
     components: int = Field(ge=1)

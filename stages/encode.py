@@ -2,11 +2,11 @@
 shards; under torchrun each of the compute.processes processes encodes its share of the shards."""
 
 from pipeline.config import Params
-from pipeline.encoders import encode_shards, make_encoder, write_encoded
-from pipeline.prepared_data import load_prepared
+from pipeline.datasets.encoders import encode_shards, make_encoder, write_encoded
+from pipeline.datasets.prepared import load_prepared
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
-from pipeline.training_loop import progress_bar
+from pipeline.training.loop import progress_bar
 
 OUT = "data/encoded"
 

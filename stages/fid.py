@@ -11,7 +11,7 @@ from rich.table import Table
 
 from pipeline.artifacts import load_arrays, read_json, require, write_json
 from pipeline.config import Params
-from pipeline.fid import frechet_distance, load_reference
+from pipeline.evaluation.fid import frechet_distance, load_reference
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 

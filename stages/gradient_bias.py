@@ -1,7 +1,7 @@
 """gradient_bias: each method's generator-gradient error against the exact gradient on a mixture of Gaussians,
 as its auxiliary networks' training budget grows -> metrics/gradient_bias.{json,csv} and a table.
 
-Needs no data and no other stage: the target is analytic (pipeline/gradient_bias.py).
+Needs no data and no other stage: the target is analytic (pipeline/experiments/gradient_bias.py).
 """
 
 import statistics
@@ -9,9 +9,9 @@ from collections import defaultdict
 
 from rich.table import Table
 
-from pipeline import gradient_bias
 from pipeline.artifacts import write_csv, write_json
 from pipeline.config import Params
+from pipeline.experiments import gradient_bias
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 

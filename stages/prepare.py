@@ -2,10 +2,10 @@
 manifest)."""
 
 from pipeline.config import Params
-from pipeline.prepared_data import write_prepared
+from pipeline.datasets.prepared import write_prepared
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
-from pipeline.training_loop import progress_bar
+from pipeline.training.loop import progress_bar
 
 OUT = "data/prepared"
 

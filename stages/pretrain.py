@@ -9,14 +9,14 @@ import torch
 
 from pipeline.artifacts import atomic_path, write_csv, write_json
 from pipeline.config import Params
-from pipeline.encoders import map_encoded
-from pipeline.models import build_denoiser, denoiser_config, save_denoiser
-from pipeline.networks import count_parameters
-from pipeline.pretraining import ScorePretraining
+from pipeline.datasets.encoders import map_encoded
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.models import build_denoiser, denoiser_config, save_denoiser
+from pipeline.networks.unet import count_parameters
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
-from pipeline.training_data import TrainingData
-from pipeline.training_loop import fingerprint, run_training
+from pipeline.training.loop import fingerprint, run_training
+from pipeline.training.pretraining import ScorePretraining
 
 OUT, CHECKPOINT = "data/pretrain", "data/checkpoints/pretrain"
 CURVES, METRICS = "metrics/pretrain_curves.csv", "metrics/pretrain.json"

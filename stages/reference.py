@@ -9,9 +9,10 @@ it).
 """
 
 from pipeline.config import Params
+from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData, load_prepared
 from pipeline.errors import PipelineError
-from pipeline.feature_net import train_feature_net
-from pipeline.fid import (
+from pipeline.evaluation.feature_net import train_feature_net
+from pipeline.evaluation.fid import (
     INCEPTION_FEATURES,
     Extractor,
     find_inception,
@@ -21,10 +22,9 @@ from pipeline.fid import (
     resolve_extractor,
     save_reference,
 )
-from pipeline.prepared_data import HOLDOUT, TRAIN, PreparedData, load_prepared
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
-from pipeline.training_loop import progress_bar
+from pipeline.training.loop import progress_bar
 
 OUT = "data/reference"
 

@@ -18,15 +18,15 @@ import numpy as np
 
 from pipeline.artifacts import load_arrays, save_arrays, write_json
 from pipeline.config import Params
-from pipeline.encoders import load_encoder
-from pipeline.generator import OneStepGenerator, load_generator
-from pipeline.images import save_grid
-from pipeline.measure import StepTimer
-from pipeline.models import load_denoiser
+from pipeline.datasets.encoders import load_encoder
+from pipeline.generation.images import save_grid
+from pipeline.generation.sampling import batch_indices, edm_heun, generate_batch, heun_sigmas
+from pipeline.networks.generator import OneStepGenerator, load_generator
+from pipeline.networks.models import load_denoiser
 from pipeline.runtime import Runtime
-from pipeline.sampling import batch_indices, edm_heun, generate_batch, heun_sigmas
 from pipeline.stage import console, run_stage
-from pipeline.training_loop import progress_bar
+from pipeline.training.loop import progress_bar
+from pipeline.training.measure import StepTimer
 
 OUT, GRIDS = "data/samples", "metrics/grids"
 

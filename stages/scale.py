@@ -1,7 +1,7 @@
 """scale: inference-time scaling with the ratio net as verifier -> FD against N, cost and wall time.
 
 For every N in scale.num_candidates, scale.num_outputs images are each picked from N candidates of their
-class by the trained ratio net (pipeline/scaling.py). N = 1 is the unscaled generator (its first
+class by the trained ratio net (pipeline/generation/scaling.py). N = 1 is the unscaled generator (its first
 sample.num_samples images are the `generator` row of the sample stage). Method vsd trains no ratio net, so
 it reports N = 1 only.
 """
@@ -13,13 +13,13 @@ from rich.table import Table
 
 from pipeline.artifacts import atomic_path, save_arrays, write_csv, write_json
 from pipeline.config import Params
-from pipeline.encoders import decode_batched, load_encoder
-from pipeline.fid import frechet_distance, load_reference
-from pipeline.generator import load_generator
-from pipeline.images import save_grid
-from pipeline.ratio_net import load_ratio_net
+from pipeline.datasets.encoders import decode_batched, load_encoder
+from pipeline.evaluation.fid import frechet_distance, load_reference
+from pipeline.generation.images import save_grid
+from pipeline.generation.scaling import scaled_generate
+from pipeline.networks.generator import load_generator
+from pipeline.networks.ratio_net import load_ratio_net
 from pipeline.runtime import Runtime
-from pipeline.scaling import scaled_generate
 from pipeline.stage import console, run_stage
 
 OUT, METRICS, CURVE, GRID = "data/scaled", "metrics/scale.json", "metrics/scale.csv", "metrics/grids/scaled.png"

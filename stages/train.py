@@ -13,16 +13,16 @@ import time
 
 from pipeline.artifacts import atomic_path, save_weights, write_csv, write_json
 from pipeline.config import Params
-from pipeline.encoders import map_encoded
-from pipeline.generator import generator_config, save_generator
-from pipeline.measure import PeakMemory
-from pipeline.methods import build_task
-from pipeline.models import load_denoiser
-from pipeline.networks import count_parameters
+from pipeline.datasets.encoders import map_encoded
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.generator import generator_config, save_generator
+from pipeline.networks.models import load_denoiser
+from pipeline.networks.unet import count_parameters
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
-from pipeline.training_data import TrainingData
-from pipeline.training_loop import fingerprint, run_training
+from pipeline.training.loop import fingerprint, run_training
+from pipeline.training.measure import PeakMemory
+from pipeline.training.methods import build_task
 
 OUT, CHECKPOINT = "data/train", "data/checkpoints/train"
 CURVES, LEVELS, METRICS = "metrics/train_curves.csv", "metrics/train_noise_levels.csv", "metrics/train.json"

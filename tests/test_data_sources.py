@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pipeline.config import PrepareParams
+from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared, write_prepared
 from pipeline.errors import PipelineError
-from pipeline.prepared_data import HOLDOUT, TRAIN, load_prepared, write_prepared
 
 
 def prepare_params(**changes) -> PrepareParams:
@@ -238,7 +238,7 @@ def test_skipping_with_shards_compacts_the_last_shard(tmp_path):
 
 def test_part_refuses_what_would_not_fit_in_memory(tmp_path, monkeypatch):
     write_prepared(tmp_path / "out", prepare_params(), seed=0)
-    monkeypatch.setattr("pipeline.prepared_data.IN_MEMORY_LIMIT", 1000 * 64)
+    monkeypatch.setattr("pipeline.datasets.prepared.IN_MEMORY_LIMIT", 1000 * 64)
     data = load_prepared(tmp_path / "out")
     assert len(data.part(HOLDOUT)[0]) == 100
     with pytest.raises(PipelineError, match="training split is .* GiB, more than .* in memory.*reference.extractor: inception"):

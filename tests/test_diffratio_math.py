@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from pipeline.config import NetworkParams
-from pipeline.divergences import DIVERGENCES
-from pipeline.ratio_losses import generator_loss, ratio_loss
-from pipeline.ratio_net import RatioNet
-from pipeline.training_task import Draws
-from pipeline.vsd import score_difference_loss
+from pipeline.networks.ratio_net import RatioNet
+from pipeline.training.divergences import DIVERGENCES
+from pipeline.training.ratio_losses import generator_loss, ratio_loss
+from pipeline.training.task import Draws
+from pipeline.training.vsd import score_difference_loss
 
 MU_P, A = 0.4, 0.6  # data p = N(MU_P, A^2)
 

@@ -8,21 +8,21 @@ import torch
 
 from pipeline.artifacts import save_weights
 from pipeline.config import load_params
-from pipeline.diffratio import DiffRatioTraining
-from pipeline.divergences import DIVERGENCES
-from pipeline.encoders import IdentityEncoder
-from pipeline.generator import OneStepGenerator
-from pipeline.models import build_denoiser, denoiser_config
-from pipeline.networks import count_parameters
-from pipeline.ratio_net import (
+from pipeline.datasets.encoders import IdentityEncoder
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.generator import OneStepGenerator
+from pipeline.networks.models import build_denoiser, denoiser_config
+from pipeline.networks.ratio_net import (
     build_ratio_net,
     init_from_score,
     load_ratio_net,
     ratio_config,
 )
-from pipeline.training_data import TrainingData
-from pipeline.training_loop import run_training
-from pipeline.vsd import VSDTraining
+from pipeline.networks.unet import count_parameters
+from pipeline.training.diffratio import DiffRatioTraining
+from pipeline.training.divergences import DIVERGENCES
+from pipeline.training.loop import run_training
+from pipeline.training.vsd import VSDTraining
 from tests.conftest import CPU, ROOT
 
 PARAMS = load_params(ROOT / "params.yaml")

@@ -5,9 +5,9 @@ import math
 import torch
 from torch import nn
 
-from pipeline.preconditioning import Denoiser, edm_coefficients, edm_loss, loss_weight, score
-from pipeline.sampling import edm_heun, heun_sigmas
-from pipeline.training_task import Draws
+from pipeline.generation.sampling import edm_heun, heun_sigmas
+from pipeline.networks.preconditioning import Denoiser, edm_coefficients, edm_loss, loss_weight, score
+from pipeline.training.task import Draws
 
 SD = 0.5
 

@@ -8,12 +8,19 @@ import pytest
 import torch
 
 from pipeline.config import ComputeParams
-from pipeline.encoders import IdentityEncoder, load_encoded, make_encoder, map_encoded, shard_name, write_encoded
+from pipeline.datasets.encoders import (
+    IdentityEncoder,
+    load_encoded,
+    make_encoder,
+    map_encoded,
+    shard_name,
+    write_encoded,
+)
+from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
+from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError
-from pipeline.prepared_data import HOLDOUT, TRAIN, PreparedData
 from pipeline.runtime import Runtime
-from pipeline.training_data import TrainingData
-from pipeline.training_task import Draws
+from pipeline.training.task import Draws
 
 CPU = torch.device("cpu")
 COMPUTE = ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False, compile=False)

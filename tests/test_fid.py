@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import fid
 from pipeline.config import ComputeParams, ReferenceParams, parse_params
+from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared, write_prepared
 from pipeline.errors import PipelineError
-from pipeline.feature_net import FeatureNet, train_feature_net
-from pipeline.prepared_data import HOLDOUT, TRAIN, load_prepared, write_prepared
+from pipeline.evaluation import fid
+from pipeline.evaluation.feature_net import FeatureNet, train_feature_net
 from pipeline.runtime import Runtime
 from stages import reference as reference_stage
 from tests.test_data_sources import prepare_params

@@ -2,11 +2,11 @@
 
 import torch
 
-from pipeline import gradient_bias
 from pipeline.config import load_params
-from pipeline.divergences import DIVERGENCES
-from pipeline.ratio_losses import generator_loss
-from pipeline.vsd import score_difference_loss
+from pipeline.experiments import gradient_bias
+from pipeline.training.divergences import DIVERGENCES
+from pipeline.training.ratio_losses import generator_loss
+from pipeline.training.vsd import score_difference_loss
 from tests.conftest import ROOT
 
 PARAMS = load_params(ROOT / "params.yaml").gradient_bias

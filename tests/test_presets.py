@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from pipeline.config import load_params
-from pipeline.networks import UNet, count_parameters
+from pipeline.networks.unet import UNet, count_parameters
 from tests.conftest import ROOT
 
 # preset: (model-space resolution, channels, millions of score-net parameters: the class it claims)

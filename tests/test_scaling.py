@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.sampling import seeded_noise
-from pipeline.scaling import (
+from pipeline.generation.sampling import seeded_noise
+from pipeline.generation.scaling import (
     effective_sample_size,
     gumbel_noise,
     pick,

@@ -5,14 +5,14 @@ import torch
 from torch import nn
 
 from pipeline.config import LoopParams, NetworkParams, load_params
-from pipeline.encoders import IdentityEncoder
-from pipeline.models import build_denoiser, denoiser_config
-from pipeline.pretraining import ScorePretraining
-from pipeline.ratio_net import build_ratio_net, ratio_config
+from pipeline.datasets.encoders import IdentityEncoder
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.models import build_denoiser, denoiser_config
+from pipeline.networks.ratio_net import build_ratio_net, ratio_config
 from pipeline.runtime import Runtime
-from pipeline.training_data import TrainingData
-from pipeline.training_loop import run_training
-from pipeline.training_task import Draws, TrainingTask
+from pipeline.training.loop import run_training
+from pipeline.training.pretraining import ScorePretraining
+from pipeline.training.task import Draws, TrainingTask
 from tests.conftest import CPU, ROOT
 
 LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=24, lr_rampup_images=0,

@@ -7,16 +7,16 @@ import copy
 import torch
 
 from pipeline.config import Params
-from pipeline.diffratio import DiffRatioTraining
-from pipeline.divergences import DIVERGENCES
-from pipeline.generator import OneStepGenerator
-from pipeline.models import build_denoiser
-from pipeline.one_step_training import OneStepTraining
-from pipeline.preconditioning import Denoiser
-from pipeline.ratio_net import build_ratio_net, init_from_score, ratio_config
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.generator import OneStepGenerator
+from pipeline.networks.models import build_denoiser
+from pipeline.networks.preconditioning import Denoiser
+from pipeline.networks.ratio_net import build_ratio_net, init_from_score, ratio_config
 from pipeline.runtime import Runtime
-from pipeline.training_data import TrainingData
-from pipeline.vsd import VSDTraining
+from pipeline.training.diffratio import DiffRatioTraining
+from pipeline.training.divergences import DIVERGENCES
+from pipeline.training.one_step import OneStepTraining
+from pipeline.training.vsd import VSDTraining
 
 
 def build_task(params: Params, teacher: Denoiser, score_config: dict, data: TrainingData,

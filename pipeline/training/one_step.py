@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from pipeline.config import TrainParams
-from pipeline.generator import OneStepGenerator
-from pipeline.noise_levels import sample_noise_levels
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.generator import OneStepGenerator
 from pipeline.runtime import Runtime
-from pipeline.training_data import TrainingData
-from pipeline.training_task import Draws, TrainingTask
+from pipeline.training.noise_levels import sample_noise_levels
+from pipeline.training.task import Draws, TrainingTask
 
 
 class OneStepTraining(TrainingTask, ABC):

@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import TrainParams
-from pipeline.generator import OneStepGenerator
-from pipeline.noise_levels import noise_weight, sample_noise_levels
-from pipeline.one_step_training import OneStepTraining
-from pipeline.preconditioning import Denoiser, denoising_loss
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.generator import OneStepGenerator
+from pipeline.networks.preconditioning import Denoiser, denoising_loss
 from pipeline.runtime import Runtime
-from pipeline.training_data import TrainingData
-from pipeline.training_task import Draws
+from pipeline.training.noise_levels import noise_weight, sample_noise_levels
+from pipeline.training.one_step import OneStepTraining
+from pipeline.training.task import Draws
 
 
 def score_difference_loss(fake: Denoiser, teacher: Denoiser, x_gen: torch.Tensor, sigma: torch.Tensor,

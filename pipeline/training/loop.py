@@ -29,8 +29,8 @@ from torch import nn
 
 from pipeline.artifacts import atomic_path, read_json, write_json
 from pipeline.config import LoopParams
-from pipeline.measure import StepTimer
 from pipeline.runtime import Runtime
+from pipeline.training.measure import StepTimer
 
 
 class Task(Protocol):  # e.g. pipeline.training_task.TrainingTask

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.training_task import Draws
+from pipeline.training.task import Draws
 
 DEVICE_SHARE = 0.25  # the largest fraction of a GPU's memory the training set may take there
 
@@ -19,7 +19,7 @@ def fits_on_device(size_bytes: int, device: torch.device) -> bool:
 
 
 class TrainingData:
-    """Batches in model space, on the device, from shards of stored tensors (see pipeline.encoders)."""
+    """Batches in model space, on the device, from shards of stored tensors (see pipeline.datasets.encoders)."""
 
     def __init__(self, encoder, shards: list[dict[str, torch.Tensor]], labels: torch.Tensor, device: torch.device,
                  on_device: bool | None = None):

@@ -8,8 +8,8 @@ import torch
 
 from pipeline.artifacts import load_module, save_weights
 from pipeline.config import NetworkParams
-from pipeline.networks import UNet
-from pipeline.preconditioning import Denoiser
+from pipeline.networks.preconditioning import Denoiser
+from pipeline.networks.unet import UNet
 
 
 def denoiser_config(network: NetworkParams, resolution: int, channels: int, num_classes: int,

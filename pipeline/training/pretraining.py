@@ -7,10 +7,10 @@ import copy
 import torch
 
 from pipeline.config import PretrainParams
-from pipeline.preconditioning import Denoiser, edm_loss
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.preconditioning import Denoiser, edm_loss
 from pipeline.runtime import Runtime
-from pipeline.training_data import TrainingData
-from pipeline.training_task import Draws, TrainingTask
+from pipeline.training.task import Draws, TrainingTask
 
 
 class ScorePretraining(TrainingTask):

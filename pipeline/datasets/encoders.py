@@ -28,10 +28,10 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.artifacts import read_json, require, write_json
+from pipeline.datasets.prepared import TRAIN, PreparedData
 from pipeline.errors import PipelineError
-from pipeline.prepared_data import TRAIN, PreparedData
 from pipeline.runtime import Runtime
-from pipeline.training_task import Draws
+from pipeline.training.task import Draws
 
 SIGMA_DATA = 0.5  # the std the whitened latents are scaled to (EDM's sigma_data)
 

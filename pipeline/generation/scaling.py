@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from pipeline.sampling import balanced_labels, seeded_noise
+from pipeline.generation.sampling import balanced_labels, seeded_noise
 
 
 def gumbel_noise(seed: int, outputs: np.ndarray, num_candidates: int) -> torch.Tensor:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pipeline.divergences import Divergence
-from pipeline.noise_levels import noise_weight
-from pipeline.training_task import Draws
+from pipeline.training.divergences import Divergence
+from pipeline.training.noise_levels import noise_weight
+from pipeline.training.task import Draws
 
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,

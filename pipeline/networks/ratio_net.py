@@ -16,8 +16,8 @@ from torch.nn import functional as F
 
 from pipeline.artifacts import load_module
 from pipeline.config import NetworkParams
-from pipeline.networks import UNetEncoder
-from pipeline.preconditioning import Denoiser, edm_coefficients
+from pipeline.networks.preconditioning import Denoiser, edm_coefficients
+from pipeline.networks.unet import UNetEncoder
 
 
 class RatioNet(nn.Module):

@@ -26,12 +26,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import GradientBiasParams
-from pipeline.divergences import DIVERGENCES
-from pipeline.noise_levels import sample_noise_levels
-from pipeline.preconditioning import Denoiser, denoising_loss, edm_coefficients
-from pipeline.ratio_losses import generator_loss, ratio_loss
-from pipeline.training_task import Draws
-from pipeline.vsd import score_difference_loss
+from pipeline.networks.preconditioning import Denoiser, denoising_loss, edm_coefficients
+from pipeline.training.divergences import DIVERGENCES
+from pipeline.training.noise_levels import sample_noise_levels
+from pipeline.training.ratio_losses import generator_loss, ratio_loss
+from pipeline.training.task import Draws
+from pipeline.training.vsd import score_difference_loss
 
 
 class GaussianMixture:

@@ -1,7 +1,7 @@
 """Speed and memory measured side by side in one run:
 
-    python -m pipeline.benchmark                       # -> metrics/bench.json and a table of ratios
-    python -m pipeline.benchmark --presets cifar10 imagenet512 --batch 8
+    python -m pipeline.experiments.benchmark                       # -> metrics/bench.json and a table of ratios
+    python -m pipeline.experiments.benchmark --presets cifar10 imagenet512 --batch 8
 
 For the default params (the pretrained teacher of `dvc repro pretrain`) and for each preset named (its
 networks with fresh weights: speed does not depend on the weights):
@@ -10,7 +10,7 @@ networks with fresh weights: speed does not depend on the weights):
   default), the same network at the same batch: images per second;
 - training: one DiffRatio step against one baseline (`vsd`) step on the same generator and batch: median
   step time and peak memory. Each method runs in a fresh process of its own, so one's allocations cannot
-  inflate the other's peak (see pipeline/measure.py for what is measured);
+  inflate the other's peak (see pipeline/training/measure.py for what is measured);
 - achieved FLOP/s of the one-step forward pass and of the DiffRatio step (FLOPs counted by PyTorch's
   FlopCounterMode), and on a known GPU the fraction of its dense bf16 peak;
 - encode: SD-VAE encoder throughput at 512x512 (diffusers' AutoencoderKL built from the sd-vae-ft-mse
@@ -36,15 +36,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.artifacts import write_json
 from pipeline.config import Params, load_params
-from pipeline.encoders import IdentityEncoder, map_encoded
+from pipeline.datasets.encoders import IdentityEncoder, map_encoded
+from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError
-from pipeline.generator import OneStepGenerator
-from pipeline.measure import PeakMemory, StepTimer
-from pipeline.methods import build_task
-from pipeline.models import build_denoiser, denoiser_config, load_denoiser
+from pipeline.generation.sampling import edm_heun, heun_sigmas
+from pipeline.networks.generator import OneStepGenerator
+from pipeline.networks.models import build_denoiser, denoiser_config, load_denoiser
 from pipeline.runtime import Runtime, pick_device
-from pipeline.sampling import edm_heun, heun_sigmas
-from pipeline.training_data import TrainingData
+from pipeline.training.measure import PeakMemory, StepTimer
+from pipeline.training.methods import build_task
 
 METRICS = "metrics/bench.json"
 PRESET_SPACE = {"cifar10": (32, 3, 0), "imagenet64": (64, 3, 1000), "imagenet512": (64, 4, 1000)}  # res, ch, classes
@@ -153,7 +153,7 @@ def training_step(name: str, batch: int | None, method: str, device: torch.devic
 def training(name: str, batch: int | None, steps: int) -> dict:
     results = {}
     for method in ("diffratio", "vsd"):
-        command = [sys.executable, "-m", "pipeline.benchmark", "--step", method, "--setting", name, "--steps", str(steps)]
+        command = [sys.executable, "-m", "pipeline.experiments.benchmark", "--step", method, "--setting", name, "--steps", str(steps)]
         out = subprocess.run(command + (["--batch", str(batch)] if batch else []), capture_output=True, text=True,
                              check=False)
         if out.returncode:

@@ -4,7 +4,7 @@ Two feature extractors:
     inception  clean-fid's torchscript Inception-V3 in clean mode (PIL bicubic resize to 299): the
                standard FID. Its weights file `inception-2015-12-05.pt` is looked up at
                reference.inception_path, else in clean-fid's own cache folder; nothing is downloaded.
-    trained    a small classifier trained on the prepared data (pipeline.feature_net): the offline
+    trained    a small classifier trained on the prepared data (pipeline.evaluation.feature_net): the offline
                stand-in, reported as `fd_trained`, never as FID.
 
 Statistics of many images are accumulated batch by batch (`FeatureStats`), across processes if need be;
@@ -36,7 +36,7 @@ from pipeline.artifacts import (
 )
 from pipeline.config import ReferenceParams
 from pipeline.errors import PipelineError
-from pipeline.feature_net import FeatureNet, to_input
+from pipeline.evaluation.feature_net import FeatureNet, to_input
 from pipeline.runtime import Runtime
 
 INCEPTION_FILE = "inception-2015-12-05.pt"

@@ -1,8 +1,8 @@
 """The paper's claims in miniature, on the configured data: one command queues a DVC experiment per
 (variant, stage-2 seed), runs the queue, and tabulates mean ± std over seeds into metrics/claims.{json,md}.
 
-    python -m pipeline.claims run       # queue, run (`dvc exp run --run-all`), then report
-    python -m pipeline.claims report    # tabulate the finished experiments only
+    python -m pipeline.experiments.claims run       # queue, run (`dvc exp run --run-all`), then report
+    python -m pipeline.experiments.claims report    # tabulate the finished experiments only
 
 Variants change one knob against the committed params: DiffRatio (the params as they are), the vsd
 baseline, a randomly initialised generator, and the other divergences. Every experiment shares the

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.artifacts import load_module, save_weights
-from pipeline.models import build_denoiser
-from pipeline.preconditioning import Denoiser
+from pipeline.networks.models import build_denoiser
+from pipeline.networks.preconditioning import Denoiser
 
 
 class OneStepGenerator(nn.Module):

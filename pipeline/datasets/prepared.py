@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data_sources
 from pipeline.artifacts import atomic_path, read_json, require, write_json
 from pipeline.config import PrepareParams
+from pipeline.datasets import sources as data_sources
 from pipeline.errors import PipelineError
 
 TRAIN, HOLDOUT = 0, 1

@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import TrainParams
-from pipeline.divergences import Divergence
-from pipeline.generator import OneStepGenerator
-from pipeline.noise_levels import sample_noise_levels
-from pipeline.one_step_training import OneStepTraining
-from pipeline.ratio_losses import generator_loss, ratio_loss
-from pipeline.ratio_net import RatioNet
+from pipeline.datasets.training_data import TrainingData
+from pipeline.networks.generator import OneStepGenerator
+from pipeline.networks.ratio_net import RatioNet
 from pipeline.runtime import Runtime
-from pipeline.training_data import TrainingData
-from pipeline.training_task import Draws
+from pipeline.training.divergences import Divergence
+from pipeline.training.noise_levels import sample_noise_levels
+from pipeline.training.one_step import OneStepTraining
+from pipeline.training.ratio_losses import generator_loss, ratio_loss
+from pipeline.training.task import Draws
 
 
 class DiffRatioTraining(OneStepTraining):

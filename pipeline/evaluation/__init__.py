@@ -1,0 +1,1 @@
+"""Measuring samples: feature extractors, reference statistics, Frechet distances."""
