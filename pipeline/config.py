@@ -36,8 +36,8 @@ class ComputeParams(Section):
 
 
 class PrepareParams(Section):
-    source: Literal["digits", "cifar10", "imagefolder", "synthetic"]
-    path: str | None  # the CIFAR-10 archive or the class-per-folder tree; unused by digits/synthetic
+    source: Literal["digits", "cifar10", "imagefolder", "photos", "synthetic"]
+    path: str | None  # the CIFAR-10 archive or the class-per-folder tree; unused by digits, photos, synthetic
     resolution: int = Field(ge=4)  # output side in pixels (center crop, then resize)
     holdout: int = Field(ge=2)  # images held out of training: the real-data floor of FID/FD
     max_images: int | None = Field(ge=1)  # optional subset (synthetic: the number of images made)
@@ -60,13 +60,42 @@ class EncodeParams(Section):
 
 
 class ReferenceParams(Section):
-    extractor: Literal["auto", "inception", "trained"]  # auto: inception when its weights are present
+    """The feature spaces every metric is computed in (pipeline/evaluation/extractors.py, offline_nets.py)."""
+
+    inception: Literal["auto", "on", "off"]  # Inception beside the offline space: auto = when its weights are on disk
     inception_path: str | None  # clean-fid's inception-2015-12-05.pt; null: clean-fid's own cache
-    stats_path: str | None  # given reference statistics (.npz with mu, sigma) instead of the training split's
-    feature_dim: int = Field(ge=2)  # trained extractor: width of the feature layer
-    epochs: int = Field(ge=1)
+    stats_path: str | None  # given Inception reference statistics (.npz with mu, sigma) instead of the training split's
+    features: Literal["autoencoder", "classifier", "hybrid"]  # the offline feature space
+    classifier_dim: int = Field(ge=2)  # classifier: width of its feature (penultimate) layer
+    autoencoder_dim: int = Field(ge=1)  # autoencoder: width of its code
+    epochs: int = Field(ge=1)  # of each offline net
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
+    max_images: int | None = Field(ge=2)  # the offline nets learn from a seeded subset of this many (null: all)
+    max_features: int = Field(ge=2)  # training images whose features are the real set of KID, PRDC and copies
+
+
+class EvaluationParams(Section):
+    """How every set of images is scored: the fid rows, the real floor, scale and the battery (pipeline/evaluation)."""
+
+    set_size: int = Field(ge=2)  # images per evaluated set; the floor's real draws have the same size and labels
+    num_sets: int = Field(ge=1)  # disjoint sets per generated row: each metric is reported as mean and sd over them
+    floor_sets: int = Field(ge=1)  # disjoint held-out draws of the floor and the battery (the held-out split bounds it)
+    batch_size: int = Field(ge=1)  # images through a feature extractor at once
+    kid_subsets: int = Field(ge=1)  # KID: random reference subsets per set
+    nearest_k: int = Field(ge=1)  # precision, recall, density, coverage: the k of the k-nearest-neighbour balls
+    copy_quantile: float = Field(gt=0, lt=1)  # a near-copy is nearer a training image than this quantile of
+    # the held-out images' nearest-neighbour distances
+
+    @model_validator(mode="after")
+    def _sizes(self) -> EvaluationParams:
+        if self.floor_sets > self.num_sets:
+            raise ValueError(f"floor_sets = {self.floor_sets} exceeds num_sets = {self.num_sets}: the battery's "
+                             "teacher rows reuse the generated rows' seeds")
+        if self.set_size <= self.nearest_k:
+            raise ValueError(f"set_size = {self.set_size} must exceed nearest_k = {self.nearest_k} (PRDC's k-nearest "
+                             "neighbours are taken within a set)")
+        return self
 
 
 class NetworkParams(Section):
@@ -144,7 +173,8 @@ class TrainParams(LoopParams):
 
 
 class SampleParams(Section):
-    num_samples: int = Field(ge=1)
+    """Every row draws evaluation.num_sets x evaluation.set_size samples."""
+
     batch_size: int = Field(ge=1)
     nfe: int = Field(ge=1)  # Heun: NFE = 2 * steps - 1, so it must be odd
     sigma_min: float = Field(gt=0)
@@ -161,14 +191,33 @@ class SampleParams(Section):
         return self
 
 
-class FidParams(Section):
-    batch_size: int = Field(ge=1)
+class BatteryParams(Section):
+    """The sanity battery (pipeline/evaluation/battery.py): real sets degraded in known ways, and the teacher at
+    fewer steps, each scored by every metric like the floor it is compared with."""
+
+    blur: list[float] = Field(min_length=1)  # Gaussian blur, sigma in pixels, increasing
+    noise: list[float] = Field(min_length=1)  # Gaussian pixel noise, sigma in grey levels (0..255), increasing
+    diversity: list[float] = Field(min_length=1)  # distinct images kept per class (fraction), decreasing
+    dropped_classes: list[int] = Field(min_length=1)  # classes whose images are replaced by other classes', increasing
+    teacher_nfe: list[int] = Field(min_length=1)  # Heun network evaluations of the teacher rows, decreasing
+
+    @model_validator(mode="after")
+    def _ladders(self) -> BatteryParams:
+        for name, values, up in (("blur", self.blur, True), ("noise", self.noise, True),
+                                 ("diversity", self.diversity, False), ("dropped_classes", self.dropped_classes, True),
+                                 ("teacher_nfe", self.teacher_nfe, False)):
+            if any((b <= a) if up else (b >= a) for a, b in zip(values, values[1:])):
+                raise ValueError(f"{name} must be strictly {'increasing' if up else 'decreasing'} (a ladder from mild "
+                                 f"to severe), got {values}")
+        if any(not 0 < f < 1 for f in self.diversity) or any(n < 1 or n % 2 == 0 for n in self.teacher_nfe):
+            raise ValueError("diversity fractions must lie in (0, 1) and teacher_nfe values be odd")
+        return self
 
 
 class ScaleParams(Section):
-    """Inference-time scaling: N candidates per output, one picked by the ratio net (see pipeline/generation/scaling.py)."""
+    """Inference-time scaling: N candidates per output, one picked by the ratio net (pipeline/generation/scaling.py)."""
 
-    num_outputs: int = Field(ge=2)  # images per N, each picked from N candidates; FD is computed on them
+    num_sets: int = Field(ge=1)  # disjoint candidate sets of evaluation.set_size outputs, scored per N
     num_candidates: list[int] = Field(min_length=1)  # the values of N to evaluate, 1 first
     tau: float = Field(ge=0)  # resampling temperature: 1 = importance resampling toward p, 0 = best-of-N
     sigma_eval: float = Field(gt=0)  # the noise level the ratio net scores candidates at
@@ -219,7 +268,8 @@ class Params(Section):
     pretrain: PretrainParams
     train: TrainParams
     sample: SampleParams
-    fid: FidParams
+    evaluation: EvaluationParams
+    battery: BatteryParams
     scale: ScaleParams
     gradient_bias: GradientBiasParams
 

@@ -11,7 +11,7 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime, start, stop
 
-console = Console(stderr=True)
+console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)  # logs: tables unwrapped
 
 
 def run_stage(body: Callable[[Params, Runtime], None], distributed: bool = False,

@@ -1,62 +1,97 @@
-"""fid: FID (clean-fid Inception) or FD (trained extractor) of every sample row, next to the real-data floor.
+"""fid: the metric suite on every sample row, beside the real floor drawn like them.
 
-Each process extracts features from its share of a row's sample batches; the feature statistics (count,
-sum, sum of outer products) are summed over processes, so the score does not depend on their number.
-metrics/fid.json records the protocol with the scores: sample count, seeds, labels, reference.
+Each row is evaluation.num_sets disjoint sets of evaluation.set_size samples (sample i: seed + i, class
+i mod num_classes); every metric is reported as its mean and sd over sets, against the floor (ratio of means,
+difference in floor sds), with the row's pooled FD over all its sets. Under torchrun each process scores its
+share of the sets. Writes metrics/fid.json (a `dvc metrics diff` row per metric) and metrics/fid_sets.csv
+(every set's values).
 """
 
 from pathlib import Path
 
-from rich.table import Table
+import numpy as np
 
-from pipeline.artifacts import load_arrays, read_json, require, write_json
+from pipeline.artifacts import load_arrays, read_json, require, write_csv, write_json
 from pipeline.config import Params
-from pipeline.evaluation.fid import frechet_distance, load_reference
+from pipeline.errors import PipelineError
+from pipeline.evaluation.draws import generated_set
+from pipeline.evaluation.frechet import FeatureStats, frechet_distance
+from pipeline.evaluation.metrics import paired
+from pipeline.evaluation.reference import Reference, load_reference, summarise_row
+from pipeline.evaluation.report import metrics_table, set_rows
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 
 ROWS = ("teacher", "generator_init", "generator", "generator_online")  # data/samples/<row>/, in report order
-SAMPLES, METRICS = Path("data/samples"), "metrics/fid.json"
+SAMPLES, METRICS, SETS = Path("data/samples"), "metrics/fid.json", "metrics/fid_sets.csv"
 
 
-def row_batches(row: str) -> list[Path]:
-    meta = read_json(require(SAMPLES / f"{row}.json", "sample"))
-    files = [SAMPLES / row / f"batch-{k:05d}.npz" for k in range(meta["batches"])]
-    for path in files:
-        require(path, "sample")
-    return files
+class SampleRow:
+    """A sample row's images by sample index, read from its batch files."""
+
+    def __init__(self, row: str):
+        self.meta = read_json(require(SAMPLES / f"{row}.json", "sample"))
+        self.files = [require(SAMPLES / row / f"batch-{k:05d}.npz", "sample") for k in range(self.meta["batches"])]
+        self.batch = self.meta["batch_size"]
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        parts = [load_arrays(self.files[b]) for b in range(indices[0] // self.batch, indices[-1] // self.batch + 1)]
+        images, labels = (np.concatenate([part[key] for part in parts]) for key in ("images", "labels"))
+        offset = indices[0] // self.batch * self.batch
+        return images[indices - offset], labels[indices - offset]
+
+
+def score_row(reference: Reference, row: SampleRow, params: Params, runtime: Runtime) -> tuple[list[dict], dict]:
+    """Every set's metrics, in set order, and the row's pooled Frechet distance per space."""
+    e = params.evaluation
+    pooled: dict[str, FeatureStats] = {}
+    mine = {k: reference.score(*row.read(generated_set(k, e.set_size)), params.seed + k, pooled)
+            for k in runtime.share(e.num_sets)}
+    per_set = {k: v for part in runtime.gather(mine) for k, v in part.items()}
+    fd_pooled = {space.extractor.name: frechet_distance(
+        pooled.setdefault(space.extractor.name, FeatureStats()).merge(runtime).mu_sigma(),
+        (space.ref.mu, space.ref.sigma)) for space in reference.spaces}
+    return [per_set[k] for k in range(e.num_sets)], fd_pooled
 
 
 def main(params: Params, runtime: Runtime) -> None:
-    extractor, ref, info = load_reference("data/reference", runtime.device)
-    batches = {row: row_batches(row) for row in ROWS}  # check every input before computing anything
-    metric = extractor.metric
-    rows = {"real_floor": {metric: info["floor"], "num_samples": info["num_holdout"], "nfe": 0}}
-    for row, files in batches.items():
-        mine = (load_arrays(files[k])["images"] for k in runtime.share(len(files)))
-        stats = extractor.feature_stats(mine, params.fid.batch_size).merge(runtime)
-        meta = read_json(SAMPLES / f"{row}.json")
-        rows[row] = {metric: frechet_distance(stats.mu_sigma(), ref), "num_samples": stats.count, "nfe": meta["nfe"],
-                     "seconds_per_image": meta["seconds_per_image"]}
+    reference = load_reference("data/reference", params, runtime.device)
+    rows = {row: SampleRow(row) for row in ROWS}  # check every input before computing anything
+    e, info = params.evaluation, reference.info
+    for name, row in rows.items():
+        if row.meta["num_samples"] != e.num_sets * e.set_size:
+            raise PipelineError(f"data/samples/{name} holds {row.meta['num_samples']} samples, not evaluation."
+                                f"num_sets x set_size = {e.num_sets * e.set_size}: rerun `dvc repro sample`")
+    floor = reference.floor()
+    per_set = {"real_floor": floor}
+    summary = {"real_floor": {"num_samples": e.floor_sets * e.set_size, "nfe": 0, **summarise_row(floor)}}
+    for name, row in rows.items():
+        per_set[name], fd_pooled = score_row(reference, row, params, runtime)
+        summary[name] = {"num_samples": row.meta["num_samples"], "nfe": row.meta["nfe"],
+                         "seconds_per_image": row.meta["seconds_per_image"], **summarise_row(per_set[name], floor)}
+        for space, value in fd_pooled.items():
+            summary[name][space]["fd_pooled"] = value
     if not runtime.main:
         return
-    num_classes = read_json("data/encoded/encoder.json")["num_classes"]
-    num = params.sample.num_samples
-    protocol = {"seeds": f"sample i draws its noise from seed {params.seed} + i, i < {num}",
-                "labels": f"balanced: sample i has class i mod {num_classes}" if num_classes else "unconditional",
-                "reference": info.get("stats_source", f"training split ({info['num_reference']} images)"),
-                "extractor": extractor.name, "processes": runtime.world}
-    ratios = {f"{row}_over_floor": rows[row][metric] / info["floor"] for row in ROWS}
-    write_json(METRICS, {"metric": metric, "extractor": extractor.name, "num_reference": info["num_reference"],
-                         **rows, **ratios, "protocol": protocol})
-    table = Table(title=f"{metric} against {protocol['reference']} "
-                        f"({'Inception' if extractor.name == 'inception' else 'trained extractor: FD, not FID'})")
-    for column in ("row", metric, "x floor", "samples", "NFE", "s / image"):
-        table.add_column(column, justify="left" if column == "row" else "right")
-    for row, values in rows.items():
-        table.add_row(row, f"{values[metric]:.4g}", f"{values[metric] / info['floor']:.2f}", str(values["num_samples"]),
-                      str(values["nfe"]), f"{values.get('seconds_per_image', 0):.4f}" if "seconds_per_image" in values else "")
-    console.print(table)
+    primary = info["primary"]
+    protocol = {
+        "sets": f"{e.num_sets} disjoint sets of {e.set_size} per row; metrics are mean and sd over sets",
+        "seeds": f"generated sample i draws its noise from seed {params.seed} + i; set k holds samples "
+                 f"{e.set_size}k .. {e.set_size}(k+1) - 1",
+        "labels": (f"class-balanced: sample i has class i mod {len(info['class_names'])}" if info["conditional"]
+                   else "unconditional; the floor's draws follow the training split's class frequencies"),
+        "floor": f"{e.floor_sets} disjoint draws of {e.set_size} held-out images with the same label counts",
+        "reference": {space: value["stats_source"] for space, value in info["spaces"].items()},
+        "processes": runtime.world}
+    write_json(METRICS, {"spaces": {space: value["distance"] for space, value in info["spaces"].items()},
+                         "primary": primary, **summary,
+                         # matched sets: the same noise seeds and labels (generator and teacher)
+                         "generator_vs_teacher": paired([s[primary] for s in per_set["generator"]],
+                                                        [s[primary] for s in per_set["teacher"]]),
+                         "protocol": protocol})
+    write_csv(SETS, set_rows(per_set))
+    console.print(metrics_table(f"{info['spaces'][primary]['distance']} and the suite, mean ± sd over {e.num_sets} "
+                                f"sets of {e.set_size} ({primary} features)", summary, primary))
 
 
 if __name__ == "__main__":

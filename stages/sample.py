@@ -33,6 +33,7 @@ OUT, GRIDS = "data/samples", "metrics/grids"
 
 def main(params: Params, runtime: Runtime) -> None:
     p = params.sample
+    num_samples = params.evaluation.num_sets * params.evaluation.set_size
     device = runtime.device
     encoder = load_encoder("data/encoded", device)
     teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
@@ -46,15 +47,15 @@ def main(params: Params, runtime: Runtime) -> None:
         "generator_online": (online, 1),
     }
     shape = (config["channels"], config["resolution"], config["resolution"])
-    num_batches = math.ceil(p.num_samples / p.batch_size)
+    num_batches = math.ceil(num_samples / p.batch_size)
     with runtime.atomic_folder(OUT) as tmp:
         for name, (draw, nfe) in rows.items():
             (tmp / name).mkdir(exist_ok=True)
             seconds = 0.0  # of generation only, not decoding or writing
             with progress_bar(runtime.main) as bar:
-                task = bar.add_task(f"{name} ({nfe} NFE)", total=p.num_samples, status="")
+                task = bar.add_task(f"{name} ({nfe} NFE)", total=num_samples, status="")
                 for batch in runtime.share(num_batches):  # per-sample seeds: any split gives the same images
-                    indices = batch_indices(p.num_samples, p.batch_size, batch)
+                    indices = batch_indices(num_samples, p.batch_size, batch)
                     with StepTimer(device) as timer, runtime.autocast():
                         latents, labels = generate_batch(draw, indices, params.seed, shape, config["num_classes"],
                                                          device)
@@ -63,11 +64,12 @@ def main(params: Params, runtime: Runtime) -> None:
                     bar.advance(task, len(indices) * runtime.world)
             seconds = max(runtime.gather(seconds))  # processes generate in parallel: the slowest sets the pace
             if runtime.main:
-                write_json(tmp / f"{name}.json", {"nfe": nfe, "num_samples": p.num_samples, "batches": num_batches,
-                                                  "seconds_per_image": seconds / p.num_samples,
+                write_json(tmp / f"{name}.json", {"nfe": nfe, "num_samples": num_samples, "batches": num_batches,
+                                                  "batch_size": p.batch_size,
+                                                  "seconds_per_image": seconds / num_samples,
                                                   "processes": runtime.world, "device": device.type})
                 save_grid(f"{GRIDS}/{name}.png", first_images(tmp / name, p.grid_rows**2), p.grid_rows)
-                console.print(f"{name}: {p.num_samples} samples at {nfe} NFE in {seconds:.2f}s")
+                console.print(f"{name}: {num_samples} samples at {nfe} NFE in {seconds:.2f}s")
 
 
 def first_images(folder, count: int) -> np.ndarray:

@@ -1,20 +1,24 @@
-"""scale: inference-time scaling with the ratio net as verifier -> FD against N, cost and wall time.
+"""scale: inference-time scaling with the ratio net as verifier -> the metric suite against N, with cost.
 
-For every N in scale.num_candidates, scale.num_outputs images are each picked from N candidates of their
-class by the trained ratio net (pipeline/generation/scaling.py). N = 1 is the unscaled generator (its first
-sample.num_samples images are the `generator` row of the sample stage). Method vsd trains no ratio net, so
-it reports N = 1 only.
+For every N in scale.num_candidates, scale.num_sets x evaluation.set_size outputs are each picked from N
+candidates of their class by the trained ratio net (pipeline/generation/scaling.py). Each disjoint set of
+outputs is scored twice: the verifier's picks, and a uniform pick among the very same candidates (the
+control); `pick_over_uniform` is their per-set ratio, mean ± sd over sets, which separates what the verifier
+did from the evaluation noise. N = 1 is the unscaled generator (its first sets are the `generator` row of the
+fid stage). Method vsd trains no ratio net, so it reports N = 1 only.
 """
 
 import time
 
+import numpy as np
 import torch
-from rich.table import Table
 
 from pipeline.artifacts import atomic_path, save_arrays, write_csv, write_json
 from pipeline.config import Params
 from pipeline.datasets.encoders import decode_batched, load_encoder
-from pipeline.evaluation.fid import frechet_distance, load_reference
+from pipeline.evaluation.metrics import paired
+from pipeline.evaluation.reference import load_reference, summarise_row
+from pipeline.evaluation.report import metrics_table
 from pipeline.generation.images import save_grid
 from pipeline.generation.scaling import scaled_generate
 from pipeline.networks.generator import load_generator
@@ -23,13 +27,16 @@ from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 
 OUT, METRICS, CURVE, GRID = "data/scaled", "metrics/scale.json", "metrics/scale.csv", "metrics/grids/scaled.png"
+CURVE_METRICS = ("fd", "kid", "precision", "recall", "coverage")
 
 
 def main(params: Params, runtime: Runtime) -> None:
-    p, num = params.scale, params.scale.num_outputs
+    p, e = params.scale, params.evaluation
+    num = p.num_sets * e.set_size
     device = runtime.device
     encoder = load_encoder("data/encoded", device)
-    extractor, ref, _ = load_reference("data/reference", device)
+    reference = load_reference("data/reference", params, device)
+    primary = reference.info["primary"]
     generator, config = load_generator("data/train/generator", device)
     config = config["denoiser"]
     counts, log_weight, verifier = [1], None, None
@@ -42,12 +49,14 @@ def main(params: Params, runtime: Runtime) -> None:
     else:
         console.print(f"[yellow]method {params.method} trains no ratio net: scale reports N = 1 only")
     shape = (config["channels"], config["resolution"], config["resolution"])
-    metric, rows = extractor.metric, []
 
-    def distance(images):
-        # as the fid stage computes them, so N = 1 reproduces the generator row
-        return frechet_distance(extractor.feature_stats([images], params.fid.batch_size).mu_sigma(), ref)
+    def score(images: np.ndarray, labels: np.ndarray) -> list[dict]:
+        """Set k of the outputs, scored as the fid stage scores generated set k (same KID seed)."""
+        sets = [(images[k * e.set_size : (k + 1) * e.set_size], labels[k * e.set_size : (k + 1) * e.set_size])
+                for k in range(p.num_sets)]
+        return reference.score_sets(sets, params.seed)
 
+    rows, summaries, first = [], {}, None
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
         for n in counts:
@@ -57,29 +66,40 @@ def main(params: Params, runtime: Runtime) -> None:
             seconds = time.perf_counter() - started
             images = decode_batched(encoder, latents, p.batch_size, device)
             save_arrays(tmp / f"n{n}.npz", images=images, labels=labels)
-            value = distance(images)
+            picked = score(images, labels)
             # at N = 1 the control is the very same sample set
-            uniform = value if n == 1 else distance(decode_batched(encoder, control, p.batch_size, device))
-            rows.append({"num_candidates": n, "fd": value, "fd_uniform_pick": uniform,
-                         "generator_evals_per_output": n, "ratio_evals_per_output": n if n > 1 else 0,
-                         "seconds_per_output": seconds / num, "mean_ess": ess})
-            console.print(f"N = {n}: {metric} {value:.4g}, uniform pick {uniform:.4g} ({seconds:.2f}s, ESS {ess:.2f})")
-    for row in rows:
-        row["fd_over_n1"] = row["fd"] / rows[0]["fd"]
+            uniform = picked if n == 1 else score(decode_batched(encoder, control, p.batch_size, device), labels)
+            first = first or picked
+            pick_primary = [s[primary] for s in picked]
+            summaries[f"N = {n}"] = summarise_row(picked)
+            summaries[f"N = {n}, uniform pick"] = summarise_row(uniform)
+            row = {"num_candidates": n, "generator_evals_per_output": n, "ratio_evals_per_output": n if n > 1 else 0,
+                   "seconds_per_output": seconds / num, "mean_ess": ess,
+                   "picked": summaries[f"N = {n}"], "uniform_pick": summaries[f"N = {n}, uniform pick"],
+                   "pick_over_uniform": paired(pick_primary, [s[primary] for s in uniform]),
+                   "pick_over_n1": paired(pick_primary, [s[primary] for s in first])}
+            rows.append(row)
+            ratio_fd = row["pick_over_uniform"]
+            console.print(f"N = {n}: {primary} FD {row['picked'][primary]['fd']:.4g}, pick / uniform pick "
+                          f"{ratio_fd['fd_ratio']:.3f} ± {ratio_fd['fd_ratio_sd'] or 0:.3f} ({seconds:.2f}s, "
+                          f"ESS {ess:.2f})")
     save_grid(GRID, images, params.sample.grid_rows)
-    write_csv(CURVE, rows)
+    write_csv(CURVE, [curve_row(row, primary) for row in rows])
     write_json(METRICS, {"method": params.method, "verifier": verifier, "tau": p.tau, "sigma_eval": p.sigma_eval,
-                         "metric": metric,  # what "fd" is: fd_trained, or fid with Inception
-                         "num_outputs": num, **{f"n{row['num_candidates']}": row for row in rows}})
-    table = Table(title=f"inference-time scaling, tau = {p.tau} ({verifier or 'no verifier'})")
-    for column in ("N", metric, "x N=1", "uniform pick", "gen + ratio evals", "s / output", "mean ESS"):
-        table.add_column(column, justify="right")
-    for row in rows:
-        table.add_row(str(row["num_candidates"]), f"{row['fd']:.4g}", f"{row['fd_over_n1']:.3f}",
-                      f"{row['fd_uniform_pick']:.4g}",
-                      f"{row['generator_evals_per_output']} + {row['ratio_evals_per_output']}",
-                      f"{row['seconds_per_output']:.5f}", f"{row['mean_ess']:.2f}")
-    console.print(table)
+                         "space": primary, "num_sets": p.num_sets, "set_size": e.set_size,
+                         **{f"n{row['num_candidates']}": row for row in rows}})
+    console.print(metrics_table(f"inference-time scaling, tau = {p.tau} ({verifier or 'no verifier'}): mean ± sd over "
+                                f"{p.num_sets} sets of {e.set_size} ({primary} features)", summaries, primary))
+
+
+def curve_row(row: dict, space: str) -> dict:
+    """The plotted line of one N: the picks' and the control's metrics and their paired ratios."""
+    picked, uniform, ratio = row["picked"][space], row["uniform_pick"][space], row["pick_over_uniform"]
+    out = {"num_candidates": row["num_candidates"]}
+    for name in CURVE_METRICS:
+        out[name], out[f"{name}_uniform_pick"] = picked[name], uniform[name]
+    out.update({key: value for key, value in ratio.items() if not key.endswith("_sd")})
+    return {**out, "seconds_per_output": row["seconds_per_output"], "mean_ess": row["mean_ess"]}
 
 
 if __name__ == "__main__":

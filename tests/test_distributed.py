@@ -1,8 +1,8 @@
 """Two CPU processes (torchrun, gloo) against one: the distributed stages give the same results.
 
 encode, pretrain, train, sample and fid run on the digits data with tiny budgets, once in one process and
-once in two (with gradient accumulation in the training stages): encoded tensors, samples and scores are
-identical, trained weights equal up to float rounding.
+once in two (with gradient accumulation in the training stages): encoded tensors, samples and every set's
+scores are identical, trained weights and pooled scores equal up to float rounding.
 """
 
 import json
@@ -23,11 +23,11 @@ pytestmark = pytest.mark.slow
 
 TINY = {"prepare": {"holdout": 200},
         "reference": {"epochs": 1},
+        "evaluation": {"set_size": 20, "num_sets": 2, "floor_sets": 2, "kid_subsets": 5},
         "pretrain": {"batch_size": 32, "duration_images": 96, "log_every_images": 32, "checkpoint_every_images": 1000},
         "train": {"batch_size": 16, "duration_images": 48, "log_every_images": 16, "checkpoint_every_images": 1000,
                   "diagnostic_levels": 2, "diagnostic_samples": 8},
-        "sample": {"num_samples": 40, "batch_size": 10, "nfe": 3},
-        "fid": {"batch_size": 20}}
+        "sample": {"batch_size": 10, "nfe": 3}}
 
 
 def write_params(workdir, processes: int, batch_per_process: dict[str, int | None]) -> None:
@@ -111,12 +111,16 @@ def test_two_processes_match_one(tmp_path):
     write_params(tmp_path, 1, {})
     stage(tmp_path, "fid", 1)
     single = json.loads((tmp_path / "metrics/fid.json").read_text())
+    single_sets = (tmp_path / "metrics/fid_sets.csv").read_text()
     write_params(tmp_path, 2, {})
-    stage(tmp_path, "fid", 2)
+    stage(tmp_path, "fid", 2)  # one set per process
     double = json.loads((tmp_path / "metrics/fid.json").read_text())
-    metric = single["metric"]
+    assert (tmp_path / "metrics/fid_sets.csv").read_text() == single_sets  # every set scored alike
+    space = single["primary"]
     for row in ("teacher", "generator_init", "generator", "generator_online"):
         assert double[row]["num_samples"] == single[row]["num_samples"] == 40
-        # summation order differs; sqrtm of a rank-deficient covariance (40 samples) amplifies it to ~1e-8
-        assert double[row][metric] == pytest.approx(single[row][metric], rel=1e-6)
+        assert double[row][space]["fd"] == single[row][space]["fd"]
+        # the pooled statistics are summed over processes in another order; sqrtm of a rank-deficient
+        # covariance (40 samples) amplifies it to ~1e-8
+        assert double[row][space]["fd_pooled"] == pytest.approx(single[row][space]["fd_pooled"], rel=1e-6)
     assert double["protocol"]["processes"] == 2 and "seed 0 + i" in single["protocol"]["seeds"]

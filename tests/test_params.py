@@ -75,9 +75,9 @@ def test_bad_scaling_params_are_rejected(params_dict, key, value, message):
 
 def test_every_error_is_reported_at_once(params_dict):
     params_dict["seed"] = -3
-    params_dict["fid"]["batch_size"] = 0
+    params_dict["evaluation"]["batch_size"] = 0
     message = error_of(params_dict)
-    assert "seed = -3" in message and "fid.batch_size = 0" in message
+    assert "seed = -3" in message and "evaluation.batch_size = 0" in message
 
 
 def test_invalid_yaml(tmp_path):

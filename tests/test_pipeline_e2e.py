@@ -22,8 +22,11 @@ TINY = {  # the default networks, trained briefly: about two minutes for the who
                  "log_every_images": 2560, "checkpoint_every_images": 2560},
     "train": {"batch_size": 64, "duration_images": 12800, "log_every_images": 1280, "checkpoint_every_images": 6400,
               "ema_halflife_images": 2000, "diagnostic_levels": 4, "diagnostic_samples": 64},
-    "sample": {"num_samples": 200, "batch_size": 200, "nfe": 9},
-    "scale": {"num_outputs": 200, "num_candidates": [1, 2, 4], "batch_size": 100},
+    "reference": {"epochs": 10},
+    "evaluation": {"set_size": 40, "num_sets": 5, "floor_sets": 5, "kid_subsets": 20},
+    "battery": {"teacher_nfe": [9, 5, 3]},
+    "sample": {"batch_size": 200, "nfe": 9},
+    "scale": {"num_sets": 5, "num_candidates": [1, 2, 4], "batch_size": 100},
     "gradient_bias": {"budgets": [20, 50], "seeds": [0], "eval_samples": 1000, "width": 32, "batch_size": 64},
 }
 
@@ -83,20 +86,28 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
     assert not (repo / "data/checkpoints/pretrain").exists()
 
     metrics = json.loads((repo / "metrics/fid.json").read_text())
-    assert metrics["metric"] == "fd_trained" and metrics["extractor"] == "trained"
+    space = metrics["primary"]
+    assert space == "hybrid" and metrics["spaces"] == {"hybrid": "fd_hybrid"}
     assert metrics["teacher"]["nfe"] == 9 and metrics["teacher"]["num_samples"] == 200
     assert metrics["generator"]["nfe"] == metrics["generator_init"]["nfe"] == 1
-    assert metrics["teacher"]["fd_trained"] > 0 and metrics["real_floor"]["fd_trained"] > 0
-    # A short seeded DiffRatio run at least halves the FD of the generator it starts from (measured: 3.7x).
-    assert metrics["generator"]["fd_trained"] < 0.5 * metrics["generator_init"]["fd_trained"]
+    for row in ("real_floor", "teacher", "generator"):
+        assert {"fd", "fd_sd", "kid", "kid_sd", "precision", "recall", "density", "coverage", "nn_distance",
+                "copy_fraction"} <= set(metrics[row][space]) and "class_consistency" in metrics[row]
+    assert metrics["teacher"][space]["fd_over_floor"] > 0 and "fd_ratio" in metrics["generator_vs_teacher"]
+    # A short seeded DiffRatio run at least halves the FD of the generator it starts from (measured: 3.5x).
+    assert metrics["generator"][space]["fd"] < 0.5 * metrics["generator_init"][space]["fd"]
     for grid in ("teacher", "generator_init", "generator", "scaled"):
         assert (repo / f"metrics/grids/{grid}.png").stat().st_size > 0
     scale = json.loads((repo / "metrics/scale.json").read_text())
     assert scale["verifier"] and [scale[f"n{n}"]["generator_evals_per_output"] for n in (1, 2, 4)] == [1, 2, 4]
-    assert scale["n1"]["fd"] == metrics["generator"]["fd_trained"]  # N = 1 is exactly the generator row
+    # N = 1 is exactly the generator row: the same samples, scored set by set alike
+    assert scale["n1"]["picked"][space]["fd"] == metrics["generator"][space]["fd"]
+    assert "fd_ratio" in scale["n2"]["pick_over_uniform"]
+    checks = json.loads((repo / "metrics/battery.json").read_text())["checks"][space]
+    assert checks["collapse_below_teacher_and_floor"] and checks["separated_by"]["training copies"]
     bias = json.loads((repo / "metrics/gradient_bias.json").read_text())
     assert set(bias["vsd"]) == {"steps_20", "steps_50"} and "diffratio_dijs" in bias
-    assert "fd_trained" in run(repo, "dvc", "metrics", "show")
+    assert "generator.hybrid.fd" in run(repo, "dvc", "metrics", "show")
     assert "up to date" in run(repo, "dvc", "status")
 
 
@@ -109,7 +120,7 @@ def test_experiments_and_metrics_diff(repo):
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["divergence"] == "dikl"
     diff = run(repo, "dvc", "metrics", "diff")
-    assert "generator.fd_trained" in diff and "teacher.fd_trained" not in diff  # the teacher did not change
+    assert "generator.hybrid.fd" in diff and "teacher.hybrid.fd" not in diff  # the teacher did not change
     assert "divergence" in run(repo, "dvc", "exp", "show", "--csv").splitlines()[0]
 
     output = run(repo, "dvc", "exp", "run", "-S", "divergence=dijs", "-S", "method=vsd")  # the baseline

@@ -28,5 +28,5 @@ def test_preset_is_a_complete_valid_params_file(name):
     with torch.device("meta"):  # shapes only: no memory, no time
         net = UNet(params.pretrain.network, resolution, channels, 1000 if params.pretrain.class_conditional else 0)
     assert low <= count_parameters(net) / 1e6 <= high
-    assert params.sample.num_samples == 50000 and params.reference.extractor == "inception"
+    assert params.evaluation.num_sets * params.evaluation.set_size == 50000 and params.reference.inception == "on"
     assert params.compute.precision == "bf16" and params.compute.processes > 1

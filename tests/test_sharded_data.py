@@ -11,7 +11,7 @@ import yaml
 
 from pipeline.datasets.encoders import IdentityEncoder, load_encoded, make_encoder, shard_name, write_encoded
 from pipeline.datasets.prepared import TRAIN, load_prepared
-from pipeline.evaluation.fid import FeatureStats
+from pipeline.evaluation.frechet import FeatureStats
 from pipeline.runtime import Runtime
 from pipeline.stage import run_stage
 from stages import encode as encode_stage

@@ -37,23 +37,28 @@ def open_source(p: PrepareParams, seed: int) -> data_sources.Listing:
         return data_sources.cifar10(p.path, p.resolution)
     if p.source == "imagefolder":
         return data_sources.imagefolder(p.path, p.resolution)
+    if p.source == "photos":
+        return data_sources.photos(p.resolution, seed)
     return data_sources.synthetic(p.max_images, p.resolution, seed)
 
 
 def select(listing: data_sources.Listing, p: PrepareParams, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices to read (a seeded subset if max_images) and the held-out flag of each."""
+    """Indices to read (a seeded subset if max_images) and the held-out flag of each. The held-out images are
+    class-balanced (as equal a count per class as the classes allow), so that label-matched real draws of the
+    evaluation protocol can be taken from them."""
     rng = np.random.default_rng(seed)
     count = len(listing.labels)
     indices = np.arange(count)
     if p.max_images is not None and p.max_images < count:
         indices = np.sort(rng.choice(count, p.max_images, replace=False))
+    labels = listing.labels[indices]
     official = listing.splits[indices] == 1
     if official.sum() >= p.holdout:  # take the held-out images from the official test split
-        held = np.flatnonzero(official)[np.sort(rng.choice(int(official.sum()), p.holdout, replace=False))]
+        held = balanced_subset(np.flatnonzero(official), labels, p.holdout, rng)
         keep = ~official
         keep[held] = True
     else:
-        held = np.sort(rng.choice(len(indices), min(p.holdout, len(indices)), replace=False))
+        held = balanced_subset(np.arange(len(indices)), labels, min(p.holdout, len(indices)), rng)
         keep = np.ones(len(indices), bool)
     if int(keep.sum()) - len(held) < p.holdout:
         raise PipelineError(f"prepare.holdout = {p.holdout} leaves too few training images out of "
@@ -61,6 +66,26 @@ def select(listing: data_sources.Listing, p: PrepareParams, seed: int) -> tuple[
     split = np.zeros(len(indices), np.uint8)
     split[held] = HOLDOUT
     return indices[keep], split[keep]
+
+
+def balanced_subset(positions: np.ndarray, labels: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` of `positions` (sorted), spread over their classes as evenly as the class sizes allow: every class
+    gets the same share, a class too small for it gives all it has and the others share the rest; a remainder
+    smaller than the number of classes goes to randomly chosen classes."""
+    classes, sizes = np.unique(labels[positions], return_counts=True)
+    quota = np.zeros(len(classes), np.int64)
+    remaining = count
+    while remaining > 0:
+        open_ = np.flatnonzero(quota < sizes)
+        share = remaining // len(open_)
+        if share == 0:
+            quota[rng.choice(open_, remaining, replace=False)] += 1
+            break
+        add = np.minimum(share, sizes[open_] - quota[open_])
+        quota[open_] += add
+        remaining -= int(add.sum())
+    chosen = [rng.choice(positions[labels[positions] == c], q, replace=False) for c, q in zip(classes, quota)]
+    return np.sort(np.concatenate(chosen))
 
 
 def write_prepared(out_dir: str | Path, p: PrepareParams, seed: int,
@@ -79,7 +104,7 @@ def write_prepared(out_dir: str | Path, p: PrepareParams, seed: int,
             "resolution": p.resolution, "channels": listing.channels, "class_names": listing.class_names,
             "num_images": len(indices), "num_train": int((split == TRAIN).sum()),
             "num_holdout": int((split == HOLDOUT).sum()),
-            "holdout_from": "official test split" if listing.splits.any() else "seeded random subset",
+            "holdout_from": "official test split" if listing.splits.any() else "seeded class-balanced subset",
             "label_counts": np.bincount(labels, minlength=len(listing.class_names)).tolist(),
             "shard_size": p.shard_size, "shards": sizes,
             "skipped": skipped, "seed": seed, "params": p.model_dump(),

@@ -3,6 +3,8 @@
     digits       scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 labels): works offline
     cifar10      the standard `cifar-10-python.tar.gz` archive from a local path
     imagefolder  a class-per-subfolder tree (ImageNet layout), center-cropped and resized as ADM/EDM do
+    photos       crops of scikit-learn's two bundled photographs (a temple, a flower), the class being the photo:
+                 real images that are not the digits, offline
     synthetic    procedurally drawn class-labelled gratings of any size, for tests and benchmarks
 
 A source lists its records up front (labels, official split) and reads one image at a time, so prepare
@@ -136,6 +138,36 @@ def imagefolder(path: str, resolution: int) -> Listing:
     labels = np.array([label for _, label in files], np.int64)
     return Listing(3, classes, labels, np.zeros(len(files), np.uint8), read, lambda i: str(files[i][0]),
                    {"source": str(root)})
+
+
+PHOTO_CROP_SIDES = (24, 32, 48, 64, 96)  # crop sides in photo pixels, each scale tiled without overlap
+
+
+def photos(resolution: int, seed: int) -> Listing:
+    """Square crops of sklearn's china.jpg and flower.jpg (427x640 each), resized to `resolution`: for every
+    side in PHOTO_CROP_SIDES, the photo tiled by non-overlapping crops from a seeded offset (890 crops a photo).
+    Crops of one scale never overlap; crops of different scales do, as zoomed views of the same scene."""
+    from sklearn.datasets import load_sample_images
+
+    bunch = load_sample_images()
+    names = [Path(f).stem for f in bunch.filenames]
+    records = []  # (photo, top, left, side)
+    for photo, image in enumerate(bunch.images):
+        height, width = image.shape[:2]
+        for side in PHOTO_CROP_SIDES:
+            rng = np.random.default_rng([seed, photo, side])
+            top0, left0 = rng.integers(0, height % side + 1), rng.integers(0, width % side + 1)
+            records += [(photo, top, left, side) for top in range(top0, height - side + 1, side)
+                        for left in range(left0, width - side + 1, side)]
+
+    def read(i: int) -> np.ndarray:
+        photo, top, left, side = records[i]
+        crop = Image.fromarray(bunch.images[photo][top : top + side, left : left + side])
+        return center_crop_resize(crop, resolution)
+    labels = np.array([r[0] for r in records], np.int64)
+    return Listing(3, names, labels, np.zeros(len(records), np.uint8), read,
+                   lambda i: f"{names[records[i][0]]}.jpg crop at {records[i][1:]}",
+                   {"source": "sklearn.datasets.load_sample_images crops", "crop_sides": list(PHOTO_CROP_SIDES)})
 
 
 def synthetic(count: int, resolution: int, seed: int) -> Listing:

@@ -1,25 +1,29 @@
 """The paper's claims in miniature, on the configured data: one command queues a DVC experiment per
-(variant, stage-2 seed), runs the queue, and tabulates mean ± std over seeds into metrics/claims.{json,md}.
+(variant, stage-2 seed), runs the queue, and tabulates the metric suite over seeds into metrics/claims.{json,md}.
 
     python -m pipeline.experiments.claims run       # queue, run (`dvc exp run --run-all`), then report
     python -m pipeline.experiments.claims report    # tabulate the finished experiments only
 
 Variants change one knob against the committed params: DiffRatio (the params as they are), the vsd
 baseline, a randomly initialised generator, and the other divergences. Every experiment shares the
-teacher and the evaluation noise (top-level seed) and differs by `train.seed` only; DVC's run cache
-skips what is unchanged. Run it from a clean, committed workspace: queued experiments start from HEAD.
+teacher, the data and the evaluation sets (top-level seed) and differs by `train.seed` only, so variants
+are compared seed by seed: for each seed the ratio of a variant's metric to DiffRatio's (KID: the difference),
+then the mean and sd of those over seeds. A difference is called resolved when the mean of the paired
+differences is more than twice their sd over seeds away from zero; otherwise it is reported as unresolved.
+DVC's run cache skips what is unchanged. Run it from a clean, committed workspace: queued experiments start
+from HEAD.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 from pathlib import Path
 
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.errors import PipelineError
+from pipeline.evaluation.metrics import mean_sd
 
 VARIANTS = {  # name: the params it sets (on top of the committed params.yaml)
     "diffratio": {},
@@ -28,13 +32,10 @@ VARIANTS = {  # name: the params it sets (on top of the committed params.yaml)
     "dikl": {"divergence": "dikl"},
     "difkl": {"divergence": "difkl"},
 }
+BASE = "diffratio"  # what the other variants are compared with, seed by seed
 PREFIX = "claims"
-METRICS = {  # column: (metrics file, key path)
-    "fd": ("metrics/fid.json", ("generator", "fd_trained")),
-    "seconds_per_step": ("metrics/train.json", ("seconds_per_step",)),
-    "peak_memory_mib": ("metrics/train.json", ("peak_memory_mib",)),
-    "auxiliary_parameters": ("metrics/train.json", ("auxiliary_parameters",)),
-}
+SUITE = ("fd", "kid", "precision", "recall", "density", "coverage", "nn_distance")  # of the generator row
+RESOLVED = 2.0  # a paired difference is resolved beyond this many sds (over seeds) from zero
 
 
 def experiment_name(variant: str, seed: int) -> str:
@@ -73,64 +74,107 @@ def _walk(node, found: dict[str, dict]) -> None:
             _walk(value, found)
 
 
-def _metric(data: dict, file: str, path: tuple[str, ...]):
-    value = ((data.get("metrics") or {}).get(file) or {}).get("data") or {}
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
+def _metrics(data: dict, file: str) -> dict | None:
+    return ((data.get("metrics") or {}).get(file) or {}).get("data")
+
+
+def run_record(fid: dict, scale: dict | None, train: dict | None) -> dict:
+    """What one experiment contributes: the generator row's suite in the primary space (means over the
+    evaluation sets, and their sd), its paired ratio to the teacher, scaling at N = 8, cost."""
+    space = fid["primary"]
+    row = fid["generator"][space]
+    record = {name: row[name] for name in SUITE}
+    record.update({f"{name}_eval_sd": row[f"{name}_sd"] for name in SUITE})
+    record["class_consistency"] = fid["generator"].get("class_consistency")
+    record["fd_over_teacher"] = fid["generator_vs_teacher"]["fd_ratio"]
+    if scale and "n8" in scale:
+        record["fd_n8_over_uniform"] = scale["n8"]["pick_over_uniform"]["fd_ratio"]
+    for key in ("seconds_per_step", "peak_memory_mib", "auxiliary_parameters"):
+        record[key] = (train or {}).get(key)
+    return record
 
 
 def collect(variants: list[str], seeds: list[int]) -> dict[str, dict]:
     found: dict[str, dict] = {}
     _walk(json.loads(dvc("exp", "show", "--json", "--all-commits")), found)  # queued from any commit
-    results = {}
+    runs: dict[str, dict[int, dict]] = {}
     for variant in variants:
-        runs = []
+        runs[variant] = {}
         for seed in seeds:
             data = found.get(experiment_name(variant, seed))
-            scale = _metric(data, "metrics/scale.json", ()) if data else None
-            if data is None or _metric(data, *METRICS["fd"]) is None:
-                continue
-            run = {"seed": seed, **{column: _metric(data, *where) for column, where in METRICS.items()}}
-            for key, row in (scale or {}).items():
-                if key.startswith("n") and isinstance(row, dict):
-                    run[f"fd_{key}"] = row["fd"]
-            runs.append(run)
-        results[variant] = {"runs": runs, **summarise(runs)}
-    return results
+            fid = _metrics(data, "metrics/fid.json") if data else None
+            if fid and "primary" in fid:  # finished, with the metric suite
+                runs[variant][seed] = run_record(fid, _metrics(data, "metrics/scale.json"),
+                                                 _metrics(data, "metrics/train.json"))
+    return runs
 
 
-def summarise(runs: list[dict]) -> dict[str, dict]:
-    columns = sorted({key for run in runs for key in run if key != "seed"})
+def summarise(records: list[dict]) -> dict:
+    """Mean and sd over seeds of every numeric column."""
+    columns = [key for key in records[0] if isinstance(records[0][key], (int, float))] if records else []
     out = {}
     for column in columns:
-        values = [run[column] for run in runs if run.get(column) is not None]
+        values = [r[column] for r in records if r.get(column) is not None]
         if values:
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            out[column] = {"mean": statistics.fmean(values), "std": spread, "n": len(values)}
+            mean, sd = mean_sd(values)
+            out[column] = {"mean": mean, "sd": sd, "n": len(values)}
     return out
 
 
-def markdown(results: dict[str, dict]) -> str:
-    def cell(stats: dict | None, fmt: str) -> str:
-        return f"{stats['mean']:{fmt}} ± {stats['std']:{fmt}} (n={stats['n']})" if stats else "—"
+def compare(variant_runs: dict[int, dict], base_runs: dict[int, dict]) -> dict:
+    """Seed by seed, the variant against the base: ratios (KID: differences) of the suite, mean and sd over
+    the seeds both have, and whether the difference is resolved."""
+    seeds = sorted(set(variant_runs) & set(base_runs))
+    out = {}
+    for name in SUITE:
+        if name == "kid":
+            values = [variant_runs[s][name] - base_runs[s][name] for s in seeds]
+            centre, key = 0.0, "kid_minus"
+        else:
+            values = [variant_runs[s][name] / base_runs[s][name] for s in seeds]
+            centre, key = 1.0, f"{name}_ratio"
+        if len(values) < 2:
+            continue
+        mean, sd = mean_sd(values)
+        out[key] = {"mean": mean, "sd": sd, "n": len(values), "resolved": abs(mean - centre) > RESOLVED * sd}
+    return out
 
-    lines = ["| variant | FD (1 NFE) | s / step | peak memory MiB | aux. params | FD at N = 1 / 8 (scale) |",
-             "|---|---|---|---|---|---|"]
-    for variant, r in results.items():
-        scaled = f"{cell(r.get('fd_n1'), '.3f')} / {cell(r.get('fd_n8'), '.3f')}" if r.get("fd_n8") else "—"
-        lines.append(f"| {variant} | {cell(r.get('fd'), '.3f')} | {cell(r.get('seconds_per_step'), '.3f')} | "
-                     f"{cell(r.get('peak_memory_mib'), '.0f')} | {cell(r.get('auxiliary_parameters'), '.0f')} | "
-                     f"{scaled} |")
+
+def tables(runs: dict[str, dict[int, dict]], summaries: dict, comparisons: dict) -> str:
+    def cell(stats: dict | None, fmt: str = ".3g") -> str:
+        if not stats:
+            return "-"
+        return f"{stats['mean']:{fmt}} ± {stats['sd']:{fmt}}" if stats["sd"] is not None else f"{stats['mean']:{fmt}}"
+
+    columns = (*SUITE, "class_consistency", "fd_over_teacher", "fd_n8_over_uniform", "seconds_per_step")
+    lines = ["Mean ± sd over stage-2 seeds (each seed's value is the mean over its evaluation sets).", "",
+             "| variant | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for variant, summary in summaries.items():
+        lines.append(f"| {variant} | {len(runs[variant])} | " + " | ".join(cell(summary.get(c)) for c in columns)
+                     + " |")
+    lines += ["", f"Paired with {BASE} seed by seed: ratio (KID: difference), mean ± sd over seeds; "
+              f"**resolved** when more than {RESOLVED:g} sd from no difference.", "",
+              "| variant | " + " | ".join(c for c in next(iter(comparisons.values()), {})) + " |",
+              "|---" * (1 + len(next(iter(comparisons.values()), {}))) + "|"]
+    for variant, comparison in comparisons.items():
+        lines.append(f"| {variant} vs {BASE} | " + " | ".join(
+            cell(stats) + (" **resolved**" if stats["resolved"] else " (unresolved)") for stats in comparison.values())
+            + " |")
     return "\n".join(lines) + "\n"
 
 
 def report(variants: list[str], seeds: list[int], out: str = "metrics/claims") -> None:
-    results = collect(variants, seeds)
-    write_json(f"{out}.json", {"seeds": seeds, **results})
+    runs = collect(variants, seeds)
+    summaries = {v: summarise(list(r.values())) for v, r in runs.items() if r}
+    comparisons = {v: compare(runs[v], runs[BASE]) for v in runs if v != BASE and runs[v] and runs.get(BASE)}
+    write_json(f"{out}.json", {"seeds": seeds, "resolved_beyond_sds": RESOLVED,
+                               "variants": {v: {"runs": {str(s): r for s, r in runs[v].items()},
+                                                "summary": summaries.get(v)} for v in runs},
+                               "compared_with_" + BASE: comparisons})
+    text = tables(runs, summaries, comparisons)
     with atomic_path(Path(f"{out}.md")) as tmp:
-        tmp.write_text(markdown(results))
-    print(markdown(results))
+        tmp.write_text(text)
+    print(text)
 
 
 def main() -> None:

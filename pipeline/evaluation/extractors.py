@@ -1,0 +1,95 @@
+"""Feature extractors: what turns images into the feature vectors every metric is computed on.
+
+    offline    a network trained here on the training split (pipeline/evaluation/offline_nets.py): always
+               present, named after its space (`autoencoder`, `classifier` or `hybrid`); its Frechet distance
+               is FD, never FID, comparable only with itself on the same data.
+    inception  clean-fid's torchscript Inception-V3 in clean mode (PIL bicubic resize to 299): FID. Its weights
+               file `inception-2015-12-05.pt` is looked up at reference.inception_path, else in clean-fid's own
+               cache folder; nothing is downloaded. With reference.inception: auto every metric also runs on
+               Inception features whenever that file is on disk.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from cleanfid import fid as cleanfid
+from cleanfid.resize import build_resizer
+
+from pipeline.config import ReferenceParams
+from pipeline.errors import PipelineError
+from pipeline.evaluation.frechet import FeatureStats
+from pipeline.evaluation.offline_nets import to_input
+
+INCEPTION = "inception"
+INCEPTION_FILE = "inception-2015-12-05.pt"
+INCEPTION_FEATURES = 2048  # pool3 width: the shape of published reference statistics
+
+
+def find_inception(path: str | None) -> Path | None:
+    candidate = Path(path) if path else Path(tempfile.gettempdir()) / INCEPTION_FILE  # clean-fid's cache
+    return candidate if candidate.is_file() else None
+
+
+def use_inception(p: ReferenceParams) -> bool:
+    """Whether Inception joins the offline space: `auto` when its weights are on disk, `on` always (a missing
+    file is then an error), `off` never."""
+    if p.inception_path and Path(p.inception_path).name != INCEPTION_FILE:
+        raise PipelineError(f"reference.inception_path = {p.inception_path!r}: clean-fid loads a file named "
+                            f"{INCEPTION_FILE}; rename it or point at that file")
+    found = find_inception(p.inception_path)
+    if p.inception == "on" and found is None:
+        where = p.inception_path or str(Path(tempfile.gettempdir()) / INCEPTION_FILE)
+        raise PipelineError(f"reference.inception = on but {where} does not exist: download clean-fid's "
+                            f"{INCEPTION_FILE} there (or set reference.inception_path), or set inception: auto")
+    return p.inception == "on" or (p.inception == "auto" and found is not None)
+
+
+@dataclass
+class Extractor:
+    name: str  # the feature space: inception, or the offline space's name
+    model: Callable[[torch.Tensor], torch.Tensor]  # float NCHW 0..255 -> features
+    device: torch.device
+
+    @property
+    def distance(self) -> str:
+        """What its Frechet distance is called."""
+        return "fid" if self.name == INCEPTION else f"fd_{self.name}"
+
+    def _prepare(self, images: np.ndarray) -> torch.Tensor:
+        if self.name != INCEPTION:
+            return to_input(images, torch.device("cpu"))
+        if images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)
+        resize = build_resizer("clean")  # clean-fid's PIL bicubic resize to 299x299, float output
+        return torch.from_numpy(np.stack([resize(img) for img in images])).permute(0, 3, 1, 2)
+
+    def features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """Features of uint8 NHWC images, in batches (float64)."""
+        if not len(images):
+            return np.zeros((0, 0))
+        return np.concatenate([cleanfid.get_batch_features(self._prepare(images[s : s + batch_size]), self.model,
+                                                           self.device) for s in range(0, len(images), batch_size)]
+                              ).astype(np.float64)
+
+    def feature_stats(self, batches: Iterable[np.ndarray], batch_size: int,
+                      progress: Callable[[int], None] = lambda n: None) -> FeatureStats:
+        """Statistics of the features of a stream of uint8 NHWC image batches (any sizes), `batch_size` images
+        through the extractor at a time; only one batch is held in memory."""
+        stats = FeatureStats()
+        for images in batches:
+            stats.add(self.features(images, batch_size))
+            progress(len(images))
+        return stats
+
+
+def inception_extractor(weights: Path, device: torch.device) -> Extractor:
+    from cleanfid.inception_torchscript import InceptionV3W
+
+    model = InceptionV3W(str(weights.parent), download=False, resize_inside=False).to(device).eval()
+    return Extractor(INCEPTION, model, device)

@@ -1,0 +1,261 @@
+"""The reference every set is scored against, built once by the `reference` stage, and the real floor.
+
+    data/reference/
+      reference.json          feature spaces, protocol, classifier accuracy, the floor (every set's metrics)
+      floor_positions.npy     [floor_sets, set_size] held-out positions of the floor's draws
+      classifier.*            the classifier of class consistency (labelled data only)
+      <space>/stats.npz       mu, sigma of the training split's features (or given ones, Inception only)
+      <space>/real.npy        reference features: a seeded subset of the training split (KID, PRDC, copies)
+      <space>/extractor.*     the offline space's network (safetensors + JSON config)
+
+Spaces: the offline one always, Inception beside it when used (pipeline/evaluation/extractors.py); the last
+is the primary one, shown first in tables. The floor is `floor_sets` disjoint draws of held-out images with the
+label counts of the generated sets (pipeline/evaluation/draws.py), scored exactly as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import (
+    atomic_path,
+    load_arrays,
+    load_module,
+    read_json,
+    require,
+    save_arrays,
+    save_weights,
+    write_json,
+)
+from pipeline.config import Params
+from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
+from pipeline.errors import PipelineError
+from pipeline.evaluation.draws import disjoint_draws, label_counts
+from pipeline.evaluation.extractors import (
+    INCEPTION,
+    INCEPTION_FEATURES,
+    Extractor,
+    find_inception,
+    inception_extractor,
+    use_inception,
+)
+from pipeline.evaluation.frechet import FeatureStats, given_statistics
+from pipeline.evaluation.metrics import (
+    SpaceReference,
+    against_floor,
+    class_consistency,
+    nearest_distances,
+    score_set,
+    summarise,
+)
+from pipeline.evaluation.offline_nets import (
+    Classifier,
+    OfflineFeatures,
+    predict,
+    train_autoencoder,
+    train_classifier,
+)
+from pipeline.runtime import Runtime
+
+
+@dataclass
+class Space:
+    extractor: Extractor
+    ref: SpaceReference
+
+
+@dataclass
+class Reference:
+    spaces: list[Space]
+    classifier: Classifier | None  # None: unlabelled data
+    info: dict  # reference.json
+    batch_size: int
+    kid_subsets: int
+    nearest_k: int
+
+    @property
+    def conditional(self) -> bool:
+        """Whether sets are class-conditional (class consistency is then scored)."""
+        return self.info["conditional"]
+
+    def score(self, images: np.ndarray, requested: np.ndarray, seed: int,
+              pooled: dict[str, FeatureStats] | None = None) -> dict:
+        """Every metric of one set of uint8 NHWC images in every space: {space: {metric: value}, and
+        class_consistency for conditional sets}. `seed` fixes KID's reference subsets. The features are also
+        added to pooled[space] when given (the statistics of a whole row)."""
+        out: dict = {}
+        for space in self.spaces:
+            features = space.extractor.features(images, self.batch_size)
+            out[space.extractor.name] = score_set(features, space.ref, self.kid_subsets, self.nearest_k, seed)
+            if pooled is not None:
+                pooled.setdefault(space.extractor.name, FeatureStats()).add(features)
+        if self.conditional:
+            out["class_consistency"] = class_consistency(
+                predict(self.classifier, images, self.batch_size, self.spaces[0].extractor.device), requested)
+        return out
+
+    def score_sets(self, sets: list[tuple[np.ndarray, np.ndarray]], seed: int) -> list[dict]:
+        """Set k is scored with KID seed `seed + k`: matched sets of different rows share reference subsets."""
+        return [self.score(images, requested, seed + k) for k, (images, requested) in enumerate(sets)]
+
+    def floor(self) -> list[dict]:
+        return self.info["floor"]
+
+
+def summarise_row(per_set: list[dict], floor: list[dict] | None = None, compare=against_floor) -> dict:
+    """A row's metrics over its sets: {space: {metric: mean, metric_sd, and, against the floor's sets when
+    given, what `compare` adds}, class_consistency, class_consistency_sd, ...}."""
+    out: dict = {}
+    floor_summary = summarise_row(floor) if floor else None
+    for key, value in per_set[0].items():
+        if isinstance(value, dict):
+            out[key] = summarise([values[key] for values in per_set])
+            if floor_summary:
+                out[key].update(compare(out[key], floor_summary[key]))
+        else:
+            out.update(summarise([{key: values[key]} for values in per_set]))
+    if floor_summary and "class_consistency" in out:
+        out.update(compare(out, floor_summary))
+    return out
+
+
+def build_reference(out_dir: str | Path, params: Params, data: PreparedData, runtime: Runtime,
+                    progress=lambda text: None) -> dict:
+    """Train the offline nets, compute every space's reference and the floor, and write out_dir; returns the info."""
+    p, e = params.reference, params.evaluation
+    inception = use_inception(p)
+    if p.stats_path and not inception:
+        raise PipelineError(f"reference.stats_path = {p.stats_path!r} holds Inception statistics, but Inception is "
+                            "not used: put clean-fid's inception-2015-12-05.pt in place (reference.inception_path) "
+                            "or set stats_path: null")
+    given = given_statistics(p.stats_path, INCEPTION_FEATURES) if p.stats_path else None
+    num_classes = data.num_classes
+    labelled = num_classes > 1
+    if p.features != "autoencoder" and not labelled:
+        raise PipelineError(f"reference.features = {p.features} needs class labels, and the prepared data has one "
+                            "class: use reference.features: autoencoder")
+    conditional = params.pretrain.class_conditional and labelled
+    train_labels = data.labels[data.split == TRAIN]
+    holdout_labels = data.labels[data.split == HOLDOUT]
+    counts = label_counts(e.set_size, train_labels, num_classes, balanced=conditional)
+    draws = disjoint_draws(holdout_labels, counts, e.floor_sets, params.seed, "held-out split",
+                           data.manifest["class_names"])  # checked before any training
+
+    images, labels = offline_training_images(data, p.max_images, params.seed)
+    device = runtime.device
+    classifier, accuracy = None, None
+    if labelled:
+        progress(f"training the classifier on {len(images)} images")
+        classifier = train_classifier(images, labels, num_classes, p.classifier_dim, p.epochs, p.batch_size, p.lr,
+                                      device, params.seed)
+        held_images, held_labels = data.part(HOLDOUT)
+        accuracy = class_consistency(predict(classifier, held_images, p.batch_size, device), held_labels)
+    offline_config = {"space": p.features, "channels": data.manifest["channels"],
+                      "resolution": data.manifest["resolution"], "num_classes": num_classes,
+                      "classifier_dim": p.classifier_dim, "autoencoder_dim": p.autoencoder_dim}
+    offline = OfflineFeatures(**offline_config).to(device)
+    if "classifier" in offline.parts:
+        offline.parts["classifier"].load_state_dict(classifier.state_dict())
+    if "autoencoder" in offline.parts:
+        progress(f"training the autoencoder on {len(images)} images")
+        trained = train_autoencoder(images, p.autoencoder_dim, p.epochs, p.batch_size, p.lr, device, params.seed)
+        offline.parts["autoencoder"].load_state_dict(trained.state_dict())
+    offline.standardise(images, p.batch_size)
+    offline.eval().requires_grad_(False)
+    extractors = [Extractor(p.features, offline, device)]
+    if inception:
+        extractors.append(inception_extractor(find_inception(p.inception_path), device))
+
+    reference_rows = np.sort(np.random.default_rng([params.seed, 3]).permutation(len(train_labels))[: p.max_features])
+    spaces, space_info = [], {}
+    for extractor in extractors:
+        progress(f"{extractor.name} features of the training split")
+        stats = given if (given is not None and extractor.name == INCEPTION) else split_statistics(
+            extractor, data, e.batch_size)
+        real = np.concatenate([extractor.features(batch, e.batch_size)
+                               for batch, _ in data.batches(TRAIN, e.batch_size, reference_rows)])
+        held = np.concatenate([extractor.features(batch, e.batch_size)
+                               for batch, _ in data.batches(HOLDOUT, e.batch_size)])
+        threshold = float(np.quantile(nearest_distances(held, real), e.copy_quantile))
+        spaces.append(Space(extractor, SpaceReference(stats[0], stats[1], real, threshold)))
+        space_info[extractor.name] = {
+            "distance": extractor.distance, "copy_threshold": threshold, "num_real": len(real),
+            "stats_source": p.stats_path if stats is given else f"training split ({len(train_labels)} images)"}
+
+    info = {"spaces": space_info, "primary": extractors[-1].name, "conditional": conditional,
+            "class_names": data.manifest["class_names"], "classifier_holdout_accuracy": accuracy,
+            "set_size": e.set_size, "floor_sets": e.floor_sets, "label_counts": counts.tolist(),
+            "num_train": len(train_labels), "num_holdout": len(holdout_labels),
+            "inception_path": str(find_inception(p.inception_path)) if inception else None}
+    reference = Reference(spaces, classifier, info, e.batch_size, e.kid_subsets, e.nearest_k)
+    progress(f"scoring the real floor ({e.floor_sets} sets of {e.set_size} held-out images)")
+    held_images = [next(data.batches(HOLDOUT, e.set_size, positions)) for positions in draws]
+    info["floor"] = reference.score_sets(held_images, params.seed)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        np.save(tmp / "floor_positions.npy", np.stack(draws))
+        if classifier is not None:
+            save_weights(tmp / "classifier", classifier.state_dict(),
+                         {"channels": offline_config["channels"], "num_classes": num_classes,
+                          "feature_dim": p.classifier_dim})
+        for space in spaces:
+            folder = tmp / space.extractor.name
+            folder.mkdir()
+            save_arrays(folder / "stats.npz", mu=space.ref.mu, sigma=space.ref.sigma)
+            np.save(folder / "real.npy", space.ref.real)
+            if space.extractor.name != INCEPTION:
+                save_weights(folder / "extractor", offline.state_dict(), offline_config)
+        write_json(tmp / "reference.json", info)
+    return info
+
+
+def offline_training_images(data: PreparedData, max_images: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training images the offline nets learn from, in memory: all, or a seeded subset of max_images."""
+    count = data.count(TRAIN)
+    if max_images is None or max_images >= count:
+        return data.part(TRAIN)
+    rows = np.sort(np.random.default_rng([seed, 4]).permutation(count)[:max_images])
+    return next(data.batches(TRAIN, max_images, rows))
+
+
+def split_statistics(extractor: Extractor, data: PreparedData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the features of the training split, streamed one batch at a time."""
+    return extractor.feature_stats((images for images, _ in data.batches(TRAIN, batch_size)), batch_size).mu_sigma()
+
+
+def load_reference(path: str | Path, params: Params, device: torch.device) -> Reference:
+    path = Path(path)
+    info = read_json(require(path / "reference.json", "reference"))
+    e = params.evaluation
+    if (info["set_size"], info["floor_sets"]) != (e.set_size, e.floor_sets):
+        raise PipelineError(f"{path} holds a floor of {info['floor_sets']} sets of {info['set_size']}, but evaluation "
+                            f"asks for {e.floor_sets} of {e.set_size}: rerun `dvc repro reference`")
+    classifier = None
+    if (path / "classifier.json").exists():
+        classifier, _ = load_module(path / "classifier", lambda config: Classifier(**config), device, "reference")
+    spaces = []
+    for name, space in info["spaces"].items():
+        folder = path / name
+        stats = load_arrays(folder / "stats.npz", "reference")
+        real = np.load(require(folder / "real.npy", "reference"), allow_pickle=False)
+        if name == INCEPTION:
+            weights = find_inception(info["inception_path"])
+            if weights is None:
+                raise PipelineError(f"the reference was computed with Inception from {info['inception_path']}, "
+                                    "which is gone: restore it or rerun `dvc repro reference`")
+            extractor = inception_extractor(weights, device)
+        else:
+            net, _ = load_module(folder / "extractor", lambda config: OfflineFeatures(**config), device, "reference")
+            extractor = Extractor(name, net, device)
+        spaces.append(Space(extractor, SpaceReference(stats["mu"], stats["sigma"], real, space["copy_threshold"])))
+    return Reference(spaces, classifier, info, e.batch_size, e.kid_subsets, e.nearest_k)
+
+
+def floor_sets(path: str | Path, data: PreparedData, set_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The floor's held-out images and labels, set by set (the draws the reference stage scored)."""
+    positions = np.load(require(Path(path) / "floor_positions.npy", "reference"), allow_pickle=False)
+    return [next(data.batches(HOLDOUT, set_size, rows)) for rows in positions]

@@ -1,0 +1,35 @@
+"""The claims report: records from an experiment's metrics, seed-by-seed comparisons and their verdicts."""
+
+import pytest
+
+from pipeline.experiments import claims
+
+
+def fid_metrics(fd: float, recall: float) -> dict:
+    suite = {name: 1.0 for name in claims.SUITE} | {"fd": fd, "recall": recall, "kid": 0.01}
+    row = suite | {f"{name}_sd": 0.1 for name in claims.SUITE}
+    return {"primary": "hybrid", "generator": {"hybrid": row, "class_consistency": 0.99},
+            "generator_vs_teacher": {"fd_ratio": fd / 2}}
+
+
+def test_a_run_records_the_generator_suite_scaling_and_cost():
+    record = claims.run_record(fid_metrics(1.5, 0.9), {"n8": {"pick_over_uniform": {"fd_ratio": 0.95}}},
+                               {"seconds_per_step": 0.2, "peak_memory_mib": 100, "auxiliary_parameters": 7})
+    assert record["fd"] == 1.5 and record["recall"] == 0.9 and record["fd_eval_sd"] == 0.1
+    assert record["fd_over_teacher"] == 0.75 and record["fd_n8_over_uniform"] == 0.95
+    assert record["class_consistency"] == 0.99 and record["auxiliary_parameters"] == 7
+
+
+def test_differences_are_resolved_only_beyond_their_spread_over_seeds():
+    base = {s: claims.run_record(fid_metrics(1.0, 0.9), None, None) for s in (0, 1, 2)}
+    worse = {s: claims.run_record(fid_metrics(f, 0.9 * r), None, None)
+             for s, f, r in ((0, 2.0, 1.1), (1, 2.2, 0.8), (2, 1.9, 1.05))}
+    verdict = claims.compare(worse, base)
+    assert verdict["fd_ratio"]["mean"] == pytest.approx(2.0333, rel=1e-3) and verdict["fd_ratio"]["resolved"]
+    assert not verdict["recall_ratio"]["resolved"]  # 0.98 ± 0.16: within its spread
+    assert verdict["kid_minus"]["mean"] == 0 and not verdict["kid_minus"]["resolved"]
+    summary = claims.summarise(list(worse.values()))
+    assert summary["fd"]["n"] == 3 and summary["fd"]["sd"] == pytest.approx(0.1528, rel=1e-3)
+    text = claims.tables({"diffratio": base, "vsd": worse}, {"diffratio": claims.summarise(list(base.values())),
+                                                             "vsd": summary}, {"vsd": verdict})
+    assert "vsd vs diffratio" in text and "**resolved**" in text and "(unresolved)" in text
