@@ -52,9 +52,13 @@ def main() -> None:
     dest = RUNS / args.preset
     dest.mkdir(parents=True, exist_ok=True)
     copy_repository(root, dest, preset.read_text())
-    subprocess.run(["dvc", "repro"], cwd=dest, check=True)
+    commands = [["dvc", "repro"]]
     if args.extractor_choice:
-        subprocess.run([sys.executable, "-m", "pipeline.experiments.extractor_choice"], cwd=dest, check=True)
+        commands.append([sys.executable, "-m", "pipeline.experiments.extractor_choice"])
+    for command in commands:
+        if subprocess.run(command, cwd=dest).returncode:
+            raise SystemExit(f"error: `{' '.join(command)}` failed in {dest} (its output is above); fix the cause and "
+                             "rerun: finished stages are not repeated")
     out = root / "metrics" / args.preset
     if out.exists():
         shutil.rmtree(out)
