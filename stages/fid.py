@@ -15,7 +15,7 @@ from pipeline.artifacts import load_arrays, read_json, require, write_csv, write
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.evaluation.draws import generated_set
-from pipeline.evaluation.frechet import FeatureStats, frechet_distance
+from pipeline.evaluation.frechet import FeatureStats
 from pipeline.evaluation.metrics import paired
 from pipeline.evaluation.reference import Reference, load_reference, summarise_row
 from pipeline.evaluation.report import metrics_table, set_rows
@@ -44,14 +44,13 @@ class SampleRow:
 def score_row(reference: Reference, row: SampleRow, params: Params, runtime: Runtime) -> tuple[list[dict], dict]:
     """Every set's metrics, in set order, and the row's pooled Frechet distance per space."""
     e = params.evaluation
-    pooled: dict[str, FeatureStats] = {}
+    pooled = {space.extractor.name: FeatureStats() for space in reference.spaces}  # a process may score no set
     mine = {k: reference.score(*row.read(generated_set(k, e.set_size)), params.seed + k, pooled)
             for k in runtime.share(e.num_sets)}
     per_set = {k: v for part in runtime.gather(mine) for k, v in part.items()}
-    fd_pooled = {space.extractor.name: frechet_distance(
-        pooled.setdefault(space.extractor.name, FeatureStats()).merge(runtime).mu_sigma(),
-        (space.ref.mu, space.ref.sigma)) for space in reference.spaces}
-    return [per_set[k] for k in range(e.num_sets)], fd_pooled
+    for stats in pooled.values():
+        stats.merge(runtime)
+    return [per_set[k] for k in range(e.num_sets)], reference.pooled_distances(pooled)
 
 
 def main(params: Params, runtime: Runtime) -> None:
@@ -65,6 +64,8 @@ def main(params: Params, runtime: Runtime) -> None:
     floor = reference.floor()
     per_set = {"real_floor": floor}
     summary = {"real_floor": {"num_samples": e.floor_sets * e.set_size, "nfe": 0, **summarise_row(floor)}}
+    for space, value in info["floor_fd_pooled"].items():
+        summary["real_floor"][space]["fd_pooled"] = value
     for name, row in rows.items():
         per_set[name], fd_pooled = score_row(reference, row, params, runtime)
         summary[name] = {"num_samples": row.meta["num_samples"], "nfe": row.meta["nfe"],

@@ -6,8 +6,9 @@
     generator_online  the same generator's raw weights at the end of training (a diagnostic: the auxiliary
                     net was trained against these, not against the EMA)
 
-All rows use the same per-sample seeds and labels, so row i of every set starts from the same noise; the
-images do not depend on the batch size or the number of processes. Layout: data/samples/<row>/batch-NNNNN.npz
+Each row draws evaluation.num_sets x evaluation.set_size samples. All rows use the same per-sample seeds and
+labels, so sample i of every row starts from the same noise; the images do not depend on the batch size or
+the number of processes. Layout: data/samples/<row>/batch-NNNNN.npz
 (uint8 NHWC `images` and `labels` of sample.batch_size samples each, written by whichever process drew
 them) and data/samples/<row>.json.
 """

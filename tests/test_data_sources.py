@@ -241,5 +241,5 @@ def test_part_refuses_what_would_not_fit_in_memory(tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.datasets.prepared.IN_MEMORY_LIMIT", 1000 * 64)
     data = load_prepared(tmp_path / "out")
     assert len(data.part(HOLDOUT)[0]) == 100
-    with pytest.raises(PipelineError, match="training split is .* GiB, more than .* in memory.*reference.extractor: inception"):
+    with pytest.raises(PipelineError, match="training split is .* GiB, more than .* in memory.*reference.max_images"):
         data.part(TRAIN)

@@ -191,13 +191,13 @@ class PreparedData:
             yield self._read(chunk), self.labels[chunk]
 
     def part(self, which: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every image and label of split `which` in memory: for small data only (the trained extractor)."""
+        """Every image and label of split `which` in memory: for small data only (the offline feature nets)."""
         rows = self._rows(which)
         size = len(rows) * self.manifest["resolution"] ** 2 * self.manifest["channels"]
         if size > IN_MEMORY_LIMIT:
             raise PipelineError(f"the {SPLIT_NAMES[which]} split is {size / 2**30:.3g} GiB, more than the "
-                                f"{IN_MEMORY_LIMIT / 2**30:.3g} GiB loaded in memory at once: the trained feature "
-                                "extractor is for small data sets; use reference.extractor: inception")
+                                f"{IN_MEMORY_LIMIT / 2**30:.3g} GiB loaded in memory at once: the offline feature "
+                                "nets learn from images in memory; set reference.max_images to a subset")
         return self._read(rows), self.labels[rows]
 
     def _rows(self, which: int, indices: Iterable[int] | None = None) -> np.ndarray:

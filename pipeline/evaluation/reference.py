@@ -1,7 +1,8 @@
 """The reference every set is scored against, built once by the `reference` stage, and the real floor.
 
     data/reference/
-      reference.json          feature spaces, protocol, classifier accuracy, the floor (every set's metrics)
+      reference.json          feature spaces, protocol, classifier accuracy, the floor (every set's metrics, and
+                              the Frechet distance of its sets pooled)
       floor_positions.npy     [floor_sets, set_size] held-out positions of the floor's draws
       classifier.*            the classifier of class consistency (labelled data only)
       <space>/stats.npz       mu, sigma of the training split's features (or given ones, Inception only)
@@ -15,6 +16,7 @@ label counts of the generated sets (pipeline/evaluation/draws.py), scored exactl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from pipeline.artifacts import (
     save_weights,
     write_json,
 )
-from pipeline.config import Params
+from pipeline.config import EvaluationParams, Params
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.errors import PipelineError
 from pipeline.evaluation.draws import disjoint_draws, label_counts
@@ -43,7 +45,7 @@ from pipeline.evaluation.extractors import (
     inception_extractor,
     use_inception,
 )
-from pipeline.evaluation.frechet import FeatureStats, given_statistics
+from pipeline.evaluation.frechet import FeatureStats, frechet_distance, given_statistics
 from pipeline.evaluation.metrics import (
     SpaceReference,
     against_floor,
@@ -98,9 +100,15 @@ class Reference:
                 predict(self.classifier, images, self.batch_size, self.spaces[0].extractor.device), requested)
         return out
 
-    def score_sets(self, sets: list[tuple[np.ndarray, np.ndarray]], seed: int) -> list[dict]:
+    def score_sets(self, sets: list[tuple[np.ndarray, np.ndarray]], seed: int,
+                   pooled: dict[str, FeatureStats] | None = None) -> list[dict]:
         """Set k is scored with KID seed `seed + k`: matched sets of different rows share reference subsets."""
-        return [self.score(images, requested, seed + k) for k, (images, requested) in enumerate(sets)]
+        return [self.score(images, requested, seed + k, pooled) for k, (images, requested) in enumerate(sets)]
+
+    def pooled_distances(self, pooled: dict[str, FeatureStats]) -> dict[str, float]:
+        """The Frechet distance of all of a row's sets together, per space."""
+        return {space.extractor.name: frechet_distance(pooled[space.extractor.name].mu_sigma(),
+                                                       (space.ref.mu, space.ref.sigma)) for space in self.spaces}
 
     def floor(self) -> list[dict]:
         return self.info["floor"]
@@ -124,8 +132,9 @@ def summarise_row(per_set: list[dict], floor: list[dict] | None = None, compare=
 
 
 def build_reference(out_dir: str | Path, params: Params, data: PreparedData, runtime: Runtime,
-                    progress=lambda text: None) -> dict:
-    """Train the offline nets, compute every space's reference and the floor, and write out_dir; returns the info."""
+                    progress: Callable[[str], None] = lambda text: None) -> dict:
+    """Train the offline nets, compute every space's reference and the floor, and write out_dir; returns the info.
+    Bad settings and a floor the held-out split cannot hold are refused before any training."""
     p, e = params.reference, params.evaluation
     inception = use_inception(p)
     if p.stats_path and not inception:
@@ -133,74 +142,48 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
                             "not used: put clean-fid's inception-2015-12-05.pt in place (reference.inception_path) "
                             "or set stats_path: null")
     given = given_statistics(p.stats_path, INCEPTION_FEATURES) if p.stats_path else None
-    num_classes = data.num_classes
-    labelled = num_classes > 1
+    labelled = data.num_classes > 1
     if p.features != "autoencoder" and not labelled:
         raise PipelineError(f"reference.features = {p.features} needs class labels, and the prepared data has one "
                             "class: use reference.features: autoencoder")
     conditional = params.pretrain.class_conditional and labelled
     train_labels = data.labels[data.split == TRAIN]
-    holdout_labels = data.labels[data.split == HOLDOUT]
-    counts = label_counts(e.set_size, train_labels, num_classes, balanced=conditional)
-    draws = disjoint_draws(holdout_labels, counts, e.floor_sets, params.seed, "held-out split",
-                           data.manifest["class_names"])  # checked before any training
+    counts = label_counts(e.set_size, train_labels, data.num_classes, balanced=conditional)
+    draws = disjoint_draws(data.labels[data.split == HOLDOUT], counts, e.floor_sets, params.seed, "held-out split",
+                           data.manifest["class_names"])
 
-    images, labels = offline_training_images(data, p.max_images, params.seed)
-    device = runtime.device
-    classifier, accuracy = None, None
-    if labelled:
-        progress(f"training the classifier on {len(images)} images")
-        classifier = train_classifier(images, labels, num_classes, p.classifier_dim, p.epochs, p.batch_size, p.lr,
-                                      device, params.seed)
-        held_images, held_labels = data.part(HOLDOUT)
-        accuracy = class_consistency(predict(classifier, held_images, p.batch_size, device), held_labels)
-    offline_config = {"space": p.features, "channels": data.manifest["channels"],
-                      "resolution": data.manifest["resolution"], "num_classes": num_classes,
-                      "classifier_dim": p.classifier_dim, "autoencoder_dim": p.autoencoder_dim}
-    offline = OfflineFeatures(**offline_config).to(device)
-    if "classifier" in offline.parts:
-        offline.parts["classifier"].load_state_dict(classifier.state_dict())
-    if "autoencoder" in offline.parts:
-        progress(f"training the autoencoder on {len(images)} images")
-        trained = train_autoencoder(images, p.autoencoder_dim, p.epochs, p.batch_size, p.lr, device, params.seed)
-        offline.parts["autoencoder"].load_state_dict(trained.state_dict())
-    offline.standardise(images, p.batch_size)
-    offline.eval().requires_grad_(False)
-    extractors = [Extractor(p.features, offline, device)]
+    classifier, accuracy, offline, offline_config = train_offline(params, data, runtime.device, progress)
+    extractors = [Extractor(p.features, offline, runtime.device)]
     if inception:
-        extractors.append(inception_extractor(find_inception(p.inception_path), device))
-
+        extractors.append(inception_extractor(find_inception(p.inception_path), runtime.device))
     reference_rows = np.sort(np.random.default_rng([params.seed, 3]).permutation(len(train_labels))[: p.max_features])
     spaces, space_info = [], {}
     for extractor in extractors:
         progress(f"{extractor.name} features of the training split")
-        stats = given if (given is not None and extractor.name == INCEPTION) else split_statistics(
-            extractor, data, e.batch_size)
-        real = np.concatenate([extractor.features(batch, e.batch_size)
-                               for batch, _ in data.batches(TRAIN, e.batch_size, reference_rows)])
-        held = np.concatenate([extractor.features(batch, e.batch_size)
-                               for batch, _ in data.batches(HOLDOUT, e.batch_size)])
-        threshold = float(np.quantile(nearest_distances(held, real), e.copy_quantile))
-        spaces.append(Space(extractor, SpaceReference(stats[0], stats[1], real, threshold)))
+        stats = given if given is not None and extractor.name == INCEPTION else split_statistics(extractor, data, e)
+        spaces.append(space_reference(extractor, stats, data, reference_rows, e))
         space_info[extractor.name] = {
-            "distance": extractor.distance, "copy_threshold": threshold, "num_real": len(real),
+            "distance": extractor.distance, "copy_threshold": spaces[-1].ref.copy_threshold,
+            "num_real": len(reference_rows),
             "stats_source": p.stats_path if stats is given else f"training split ({len(train_labels)} images)"}
 
     info = {"spaces": space_info, "primary": extractors[-1].name, "conditional": conditional,
             "class_names": data.manifest["class_names"], "classifier_holdout_accuracy": accuracy,
             "set_size": e.set_size, "floor_sets": e.floor_sets, "label_counts": counts.tolist(),
-            "num_train": len(train_labels), "num_holdout": len(holdout_labels),
+            "num_train": len(train_labels), "num_holdout": data.count(HOLDOUT),
             "inception_path": str(find_inception(p.inception_path)) if inception else None}
     reference = Reference(spaces, classifier, info, e.batch_size, e.kid_subsets, e.nearest_k)
     progress(f"scoring the real floor ({e.floor_sets} sets of {e.set_size} held-out images)")
-    held_images = [next(data.batches(HOLDOUT, e.set_size, positions)) for positions in draws]
-    info["floor"] = reference.score_sets(held_images, params.seed)
+    pooled: dict[str, FeatureStats] = {}
+    info["floor"] = reference.score_sets([next(data.batches(HOLDOUT, e.set_size, rows)) for rows in draws],
+                                         params.seed, pooled)
+    info["floor_fd_pooled"] = reference.pooled_distances(pooled)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         np.save(tmp / "floor_positions.npy", np.stack(draws))
         if classifier is not None:
             save_weights(tmp / "classifier", classifier.state_dict(),
-                         {"channels": offline_config["channels"], "num_classes": num_classes,
+                         {"channels": offline_config["channels"], "num_classes": data.num_classes,
                           "feature_dim": p.classifier_dim})
         for space in spaces:
             folder = tmp / space.extractor.name
@@ -213,6 +196,44 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
     return info
 
 
+def train_offline(params: Params, data: PreparedData, device: torch.device, progress: Callable[[str], None]
+                  ) -> tuple[Classifier | None, float | None, OfflineFeatures, dict]:
+    """The classifier (labelled data only) and its held-out accuracy, and the offline space's extractor with its
+    config, trained on the training split (or reference.max_images of it) and standardised on it."""
+    p = params.reference
+    images, labels = offline_training_images(data, p.max_images, params.seed)
+    classifier, accuracy = None, None
+    if data.num_classes > 1:
+        progress(f"training the classifier on {len(images)} images")
+        classifier = train_classifier(images, labels, data.num_classes, p.classifier_dim, p.epochs, p.batch_size, p.lr,
+                                      device, params.seed)
+        held = [(predict(classifier, batch, p.batch_size, device), batch_labels)
+                for batch, batch_labels in data.batches(HOLDOUT, p.batch_size)]
+        accuracy = class_consistency(*(np.concatenate(part) for part in zip(*held)))
+    config = {"space": p.features, "channels": data.manifest["channels"], "resolution": data.manifest["resolution"],
+              "num_classes": data.num_classes, "classifier_dim": p.classifier_dim, "autoencoder_dim": p.autoencoder_dim}
+    offline = OfflineFeatures(**config).to(device)
+    if "classifier" in offline.parts:
+        offline.parts["classifier"].load_state_dict(classifier.state_dict())
+    if "autoencoder" in offline.parts:
+        progress(f"training the autoencoder on {len(images)} images")
+        trained = train_autoencoder(images, p.autoencoder_dim, p.epochs, p.batch_size, p.lr, device, params.seed)
+        offline.parts["autoencoder"].load_state_dict(trained.state_dict())
+    offline.standardise(images, p.batch_size)
+    return classifier, accuracy, offline.eval().requires_grad_(False), config
+
+
+def space_reference(extractor: Extractor, stats: tuple[np.ndarray, np.ndarray], data: PreparedData,
+                    reference_rows: np.ndarray, e: EvaluationParams) -> Space:
+    """A space's reference: the statistics, the features of the reference rows of the training split, and the
+    copy threshold (the copy_quantile of the held-out images' distances to their nearest reference image)."""
+    real = np.concatenate([extractor.features(batch, e.batch_size)
+                           for batch, _ in data.batches(TRAIN, e.batch_size, reference_rows)])
+    held = np.concatenate([extractor.features(batch, e.batch_size) for batch, _ in data.batches(HOLDOUT, e.batch_size)])
+    threshold = float(np.quantile(nearest_distances(held, real), e.copy_quantile))
+    return Space(extractor, SpaceReference(stats[0], stats[1], real, threshold))
+
+
 def offline_training_images(data: PreparedData, max_images: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The training images the offline nets learn from, in memory: all, or a seeded subset of max_images."""
     count = data.count(TRAIN)
@@ -222,9 +243,10 @@ def offline_training_images(data: PreparedData, max_images: int | None, seed: in
     return next(data.batches(TRAIN, max_images, rows))
 
 
-def split_statistics(extractor: Extractor, data: PreparedData, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def split_statistics(extractor: Extractor, data: PreparedData, e: EvaluationParams) -> tuple[np.ndarray, np.ndarray]:
     """(mu, sigma) of the features of the training split, streamed one batch at a time."""
-    return extractor.feature_stats((images for images, _ in data.batches(TRAIN, batch_size)), batch_size).mu_sigma()
+    batches = (images for images, _ in data.batches(TRAIN, e.batch_size))
+    return extractor.feature_stats(batches, e.batch_size).mu_sigma()
 
 
 def load_reference(path: str | Path, params: Params, device: torch.device) -> Reference:
