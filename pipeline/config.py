@@ -56,7 +56,28 @@ class PrepareParams(Section):
 class EncodeParams(Section):
     encoder: Literal["identity", "sd-vae"]
     vae: str  # diffusers AutoencoderKL: a hub id (needs its files in the local cache) or a folder
+    whitening: Literal["measured", "edm2"]  # sd-vae latents: statistics measured on the data | EDM2's constants
     batch_size: int = Field(ge=1)
+
+
+TEACHERS_DIR = "teachers"  # published checkpoints live here: the teacher stage's DVC dependency
+
+
+class TeacherParams(Section):
+    """Where the teacher comes from (stages/teacher.py, pipeline/networks/published/)."""
+
+    source: Literal["pretrain", "checkpoint"]  # train the project's U-Net here | a published EDM/EDM2 snapshot
+    checkpoint: str | None  # source checkpoint: the snapshot's file name inside teachers/
+
+    @model_validator(mode="after")
+    def _checkpoint_named(self) -> TeacherParams:
+        if self.source == "checkpoint" and not self.checkpoint:
+            raise ValueError("source is checkpoint but no checkpoint is named: set teacher.checkpoint to the "
+                             f"file name of a published snapshot placed in {TEACHERS_DIR}/")
+        if self.checkpoint and Path(self.checkpoint).name != self.checkpoint:
+            raise ValueError(f"checkpoint = {self.checkpoint!r}: give a file name inside {TEACHERS_DIR}/ (DVC tracks "
+                             "that folder), not a path; move or link the file there")
+        return self
 
 
 class ReferenceParams(Section):
@@ -64,7 +85,9 @@ class ReferenceParams(Section):
 
     inception: Literal["auto", "on", "off"]  # Inception beside the offline space: auto = when its weights are on disk
     inception_path: str | None  # clean-fid's inception-2015-12-05.pt; null: clean-fid's own cache
+    inception_mode: Literal["clean", "legacy_tensorflow"]  # clean-fid's resizing: clean | the papers' TF-era FID
     stats_path: str | None  # given Inception reference statistics (.npz with mu, sigma) instead of the training split's
+    stats_mode: Literal["clean", "legacy_tensorflow"] | None  # the mode stats_path was computed in (when not in it)
     features: Literal["autoencoder", "classifier", "hybrid"]  # the offline feature space
     classifier_dim: int = Field(ge=2)  # classifier: width of its feature (penultimate) layer
     autoencoder_dim: int = Field(ge=1)  # autoencoder: width of its code
@@ -264,6 +287,7 @@ class Params(Section):
     compute: ComputeParams
     prepare: PrepareParams
     encode: EncodeParams
+    teacher: TeacherParams
     reference: ReferenceParams
     pretrain: PretrainParams
     train: TrainParams

@@ -111,7 +111,10 @@ class Runtime:
         run: nn.Module = net
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            run = nn.parallel.DistributedDataParallel(net, device_ids=ids)
+            # published teachers carry parameters their forward never uses (EDM2's log-variance head, EDM's
+            # augment-label map when nothing is augmented): DDP must not wait for their gradients
+            unused = any(type(m).__module__.startswith("pipeline.networks.published") for m in net.modules())
+            run = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=unused)
         if self.compute.compile:
             run = torch.compile(run)
         return run

@@ -15,7 +15,7 @@ def main(params: Params, runtime: Runtime) -> None:
     data = load_prepared("data/prepared")
     settings = {"encoder": params.encode.encoder}
     if params.encode.encoder == "sd-vae":
-        settings["vae"] = params.encode.vae
+        settings.update(vae=params.encode.vae, whitening=params.encode.whitening)
     encoder = make_encoder(settings, runtime.device)
     shards = encode_shards(data)
     mine = sum(len(shards[k]) for k in runtime.share(len(shards)))

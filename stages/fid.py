@@ -83,6 +83,7 @@ def main(params: Params, runtime: Runtime) -> None:
                    else "unconditional; the floor's draws follow the training split's class frequencies"),
         "floor": f"{e.floor_sets} disjoint draws of {e.set_size} held-out images with the same label counts",
         "reference": {space: value["stats_source"] for space, value in info["spaces"].items()},
+        **{"inception_mode": value["mode"] for value in info["spaces"].values() if "mode" in value},
         "processes": runtime.world}
     write_json(METRICS, {"spaces": {space: value["distance"] for space, value in info["spaces"].items()},
                          "primary": primary, **summary,

@@ -1,17 +1,21 @@
 """pretrain: EDM score network on the encoded data -> data/pretrain/score (EMA weights) + training curves.
 
+With teacher.source: checkpoint nothing is trained: the published teacher converted by the teacher stage is
+checked against the encoded data and becomes data/pretrain/score, the one place later stages read it from.
 Interrupted runs resume from data/checkpoints/pretrain on the next `dvc repro`.
 """
 
+import shutil
 import time
 
 import torch
 
-from pipeline.artifacts import atomic_path, write_csv, write_json
+from pipeline.artifacts import atomic_path, read_json, require, write_csv, write_json
 from pipeline.config import Params
 from pipeline.datasets.encoders import map_encoded
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.models import build_denoiser, denoiser_config, save_denoiser
+from pipeline.networks.published.convert import check_data_matches
 from pipeline.networks.unet import count_parameters
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
@@ -22,11 +26,28 @@ OUT, CHECKPOINT = "data/pretrain", "data/checkpoints/pretrain"
 CURVES, METRICS = "metrics/pretrain_curves.csv", "metrics/pretrain.json"
 
 
+def use_published(params: Params, data_config: dict, runtime: Runtime) -> None:
+    teacher = read_json(require("data/teacher/teacher.json", "teacher"))
+    score = require("data/teacher/score.json", "teacher")
+    check_data_matches(read_json(score), data_config, params.pretrain.class_conditional)
+    if runtime.main:
+        with atomic_path(OUT) as tmp:
+            tmp.mkdir()
+            for suffix in (".json", ".safetensors"):
+                shutil.copyfile(score.with_suffix(suffix), (tmp / "score").with_suffix(suffix))
+        write_csv(CURVES, [{"images": 0, "loss": ""}])  # nothing trained here: an empty curve
+        write_json(METRICS, {**teacher, "images": 0, "steps": 0})
+        console.print(f"score net: the published {teacher['class']} from {teacher['checkpoint']} "
+                      f"({teacher['parameters']:,} parameters) -> {OUT}/score")
+
+
 def main(params: Params, runtime: Runtime) -> None:
     p = params.pretrain
     device = runtime.device
     encoder, shards, labels = map_encoded("data/encoded", device)
     data_config = encoder.config
+    if params.teacher.source == "checkpoint":
+        return use_published(params, data_config, runtime)
     config = denoiser_config(p.network, data_config["resolution"], data_config["channels"],
                              data_config["num_classes"] if p.class_conditional else 0, p.sigma_data)
     torch.manual_seed(params.seed)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipeline.config import NetworkParams
+from pipeline.networks.models import denoiser_config
 from pipeline.networks.ratio_net import RatioNet
 from pipeline.training.divergences import DIVERGENCES
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
@@ -122,8 +123,8 @@ def test_ratio_net_trained_on_two_gaussians_recovers_the_log_ratio_gradient():
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(0)
     mu_q, b = -0.2, 0.9
-    net = RatioNet(NetworkParams(channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0),
-                   resolution=2, channels=1, num_classes=0, sigma_data=0.5)
+    network = NetworkParams(channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
+    net = RatioNet(denoiser_config(network, resolution=2, channels=1, num_classes=0, sigma_data=0.5))
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(400):
         sigma = torch.exp(torch.empty(256).uniform_(math.log(0.05), math.log(2.0)))

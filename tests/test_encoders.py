@@ -9,6 +9,8 @@ import torch
 
 from pipeline.config import ComputeParams
 from pipeline.datasets.encoders import (
+    EDM2_RAW_MEAN,
+    EDM2_RAW_STD,
     IdentityEncoder,
     load_encoded,
     make_encoder,
@@ -155,6 +157,21 @@ def test_sharded_vae_encode_equals_a_direct_encode(tiny_vae_dir, tmp_path):
     np.testing.assert_allclose(config["shift"], mean.mean(dim=(0, 2, 3)).numpy(), rtol=1e-10)
     np.testing.assert_allclose(config["scale"], var.sqrt().numpy(), rtol=1e-10)
     assert config["shards"] == [12, 12, 11] and config["vae"] == str(tiny_vae_dir)
+
+
+def test_edm2_whitening_uses_the_fixed_constants(tiny_vae_dir, tmp_path):
+    """An EDM2 teacher was trained on latents whitened with EDM2's constants, not the data's statistics."""
+    images, labels = random_images(n=20), np.arange(20) % 4
+    encoder = make_encoder({"encoder": "sd-vae", "vae": str(tiny_vae_dir), "whitening": "edm2"}, CPU)
+    config = write_encoded(tmp_path / "enc", prepared(images, labels, 20), encoder, 5, RUNTIME)
+    assert config["shift"] == EDM2_RAW_MEAN and config["scale"] == EDM2_RAW_STD
+    assert config["measured_shift"] != EDM2_RAW_MEAN
+    _, stored, _ = load_encoded(tmp_path / "enc", CPU)
+    mean = stored["mean"][:2].float()
+    zero_noise = type("ZeroDraws", (), {"randn": lambda self, *shape: torch.zeros(2, *shape)})()
+    raw_mean, raw_std = torch.tensor(EDM2_RAW_MEAN).view(1, -1, 1, 1), torch.tensor(EDM2_RAW_STD).view(1, -1, 1, 1)
+    latents = encoder.to_training({"mean": stored["mean"][:2], "std": stored["std"][:2]}, zero_noise)
+    torch.testing.assert_close(latents, (mean - raw_mean) * (0.5 / raw_std))
 
 
 def test_damaged_encoded_shards_are_clear_errors(tmp_path):

@@ -32,7 +32,8 @@ def test_frechet_distance_of_gaussians_is_analytic():
 
 
 def reference_params(**changes) -> ReferenceParams:
-    base = dict(inception="auto", inception_path=None, stats_path=None, features="hybrid", classifier_dim=16,
+    base = dict(inception="auto", inception_path=None, inception_mode="clean", stats_path=None, stats_mode=None,
+                features="hybrid", classifier_dim=16,
                 autoencoder_dim=8, epochs=1, batch_size=64, lr=1e-3, max_images=None, max_features=1000)
     return ReferenceParams(**{**base, **changes})
 
@@ -206,14 +207,21 @@ def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monke
     assert not (tmp_path / "data/reference").exists()
     # Stand in for Inception (its 299 px RGB input): 16 pooled pixels instead of the 2048 pool3 features.
     stand_in = extractors.Extractor("inception", lambda x: torch.nn.functional.adaptive_avg_pool2d(x[:, :1], 4)
-                                    .flatten(1), CPU)
+                                    .flatten(1), CPU, "clean")
     from pipeline.evaluation import reference as reference_module
     monkeypatch.setattr(reference_module, "use_inception", lambda p: True)
     monkeypatch.setattr(reference_module, "find_inception", lambda path: tmp_path / extractors.INCEPTION_FILE)
-    monkeypatch.setattr(reference_module, "inception_extractor", lambda weights, device: stand_in)
+    monkeypatch.setattr(reference_module, "inception_extractor", lambda weights, device, mode: stand_in)
     with pytest.raises(PipelineError, match="do not fit the extractor's 2048 features"):
         reference_stage.main(params, RUNTIME)
     monkeypatch.setattr(reference_module, "INCEPTION_FEATURES", 16)
+    # the mode the statistics were computed in must be known, and be the mode of the features
+    with pytest.raises(PipelineError, match="does not record the clean-fid mode"):
+        reference_stage.main(params, RUNTIME)
+    prepared_workdir["reference"]["stats_mode"] = "legacy_tensorflow"
+    with pytest.raises(PipelineError, match="legacy_tensorflow mode but reference.inception_mode is clean"):
+        reference_stage.main(parse_params(prepared_workdir), RUNTIME)
+    np.savez(tmp_path / "given.npz", mu=mu, sigma=sigma, mode="clean")  # the file's own record wins
     reference_stage.main(params, RUNTIME)
     info = json.loads((tmp_path / "data/reference/reference.json").read_text())
     assert info["primary"] == "inception" and list(info["spaces"]) == ["hybrid", "inception"]
@@ -222,3 +230,13 @@ def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monke
     np.testing.assert_array_equal(stats["mu"], mu)
     np.testing.assert_array_equal(stats["sigma"], sigma)
     assert set(info["floor"][0]) == {"hybrid", "inception", "class_consistency"}  # every metric in both spaces
+    assert info["spaces"]["inception"]["mode"] == "clean"
+
+
+def test_inception_modes_resize_outside_or_inside_the_net():
+    """clean: clean-fid's PIL bicubic resize to 299 before the net; legacy_tensorflow: the net resizes."""
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 1), dtype=np.uint8)
+    clean = extractors.Extractor("inception", None, CPU, "clean")._prepare(images)
+    legacy = extractors.Extractor("inception", None, CPU, "legacy_tensorflow")._prepare(images)
+    assert clean.shape == (2, 3, 299, 299) and legacy.shape == (2, 3, 32, 32)
+    assert legacy.dtype == torch.float32 and torch.equal(legacy[:, 1], torch.from_numpy(images[..., 0]).float())

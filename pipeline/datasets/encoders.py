@@ -3,7 +3,9 @@
     identity  pixels scaled to [-1, 1]: x = u8 / 127.5 - 1
     sd-vae    diffusers' AutoencoderKL with EDM2's conventions: input in [0, 1]; the posterior mean and
               std are stored in fp16; a latent is drawn from the posterior each time the data is loaded,
-              then whitened per channel to std 0.5 with statistics measured on the training set
+              then whitened per channel to std 0.5: with statistics measured on the training set
+              (whitening: measured), or with EDM2's fixed constants (whitening: edm2), which a published
+              EDM2 teacher was trained with
 
 Stored form (what encode writes): identity {"x": fp32}; sd-vae {"mean": fp16, "std": fp16}. The
 `to_training` step turns stored tensors into model-space tensors; `decode` maps model space to uint8 NHWC.
@@ -34,6 +36,8 @@ from pipeline.runtime import Runtime
 from pipeline.training.task import Draws
 
 SIGMA_DATA = 0.5  # the std the whitened latents are scaled to (EDM's sigma_data)
+# EDM2's per-channel statistics of sd-vae-ft-mse latents of ImageNet-512 (Karras et al. 2024), used as they are
+EDM2_RAW_MEAN, EDM2_RAW_STD = [5.81, 3.25, 0.12, -2.15], [4.17, 4.62, 3.71, 3.28]
 
 
 def _to_nchw_float(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -102,6 +106,9 @@ class VAEEncoder:
         shift = total / count
         var = (squares - count * shift.square()) / (count - 1) + variances / count
         self.config.update(channels=shape[0], resolution=shape[1], shift=shift.tolist(), scale=var.sqrt().tolist())
+        if self.config.get("whitening") == "edm2":  # the measured ones stay on record beside the constants
+            self.config.update(measured_shift=self.config["shift"], measured_scale=self.config["scale"],
+                               shift=EDM2_RAW_MEAN, scale=EDM2_RAW_STD)
         return self.config
 
     def _whitening(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

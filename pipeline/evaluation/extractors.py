@@ -3,10 +3,12 @@
     offline    a network trained here on the training split (pipeline/evaluation/offline_nets.py): always
                present, named after its space (`autoencoder`, `classifier` or `hybrid`); its Frechet distance
                is FD, never FID, comparable only with itself on the same data.
-    inception  clean-fid's torchscript Inception-V3 in clean mode (PIL bicubic resize to 299): FID. Its weights
-               file `inception-2015-12-05.pt` is looked up at reference.inception_path, else in clean-fid's own
-               cache folder; nothing is downloaded. With reference.inception: auto every metric also runs on
-               Inception features whenever that file is on disk.
+    inception  clean-fid's torchscript Inception-V3: FID. reference.inception_mode picks clean-fid's mode:
+               `clean` (PIL bicubic resize to 299 before the net) or `legacy_tensorflow` (the network's own
+               TF-style resize, as the FIDs of EDM, ADM and most papers were computed; the same weights file).
+               Its weights file `inception-2015-12-05.pt` is looked up at reference.inception_path, else in
+               clean-fid's own cache folder; nothing is downloaded. With reference.inception: auto every metric
+               also runs on Inception features whenever that file is on disk.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Extractor:
     name: str  # the feature space: inception, or the offline space's name
     model: Callable[[torch.Tensor], torch.Tensor]  # float NCHW 0..255 -> features
     device: torch.device
+    mode: str | None = None  # Inception: clean-fid's mode (clean | legacy_tensorflow)
 
     @property
     def distance(self) -> str:
@@ -66,8 +69,8 @@ class Extractor:
             return to_input(images, torch.device("cpu"))
         if images.shape[-1] == 1:
             images = np.repeat(images, 3, axis=-1)
-        resize = build_resizer("clean")  # clean-fid's PIL bicubic resize to 299x299, float output
-        return torch.from_numpy(np.stack([resize(img) for img in images])).permute(0, 3, 1, 2)
+        resize = build_resizer(self.mode)  # clean: PIL bicubic to 299x299; legacy_tensorflow: none (inside the net)
+        return torch.from_numpy(np.stack([resize(img) for img in images]).astype(np.float32)).permute(0, 3, 1, 2)
 
     def features(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """Features of uint8 NHWC images, in batches (float64)."""
@@ -88,8 +91,8 @@ class Extractor:
         return stats
 
 
-def inception_extractor(weights: Path, device: torch.device) -> Extractor:
+def inception_extractor(weights: Path, device: torch.device, mode: str) -> Extractor:
     from cleanfid.inception_torchscript import InceptionV3W
 
-    model = InceptionV3W(str(weights.parent), download=False, resize_inside=False).to(device).eval()
-    return Extractor(INCEPTION, model, device)
+    model = InceptionV3W(str(weights.parent), download=False, resize_inside=mode == "legacy_tensorflow")
+    return Extractor(INCEPTION, model.to(device).eval(), device, mode)

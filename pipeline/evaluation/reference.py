@@ -33,7 +33,7 @@ from pipeline.artifacts import (
     save_weights,
     write_json,
 )
-from pipeline.config import EvaluationParams, Params
+from pipeline.config import EvaluationParams, Params, ReferenceParams
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.errors import PipelineError
 from pipeline.evaluation.draws import disjoint_draws, label_counts
@@ -142,6 +142,8 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
                             "not used: put clean-fid's inception-2015-12-05.pt in place (reference.inception_path) "
                             "or set stats_path: null")
     given = given_statistics(p.stats_path, INCEPTION_FEATURES) if p.stats_path else None
+    if given is not None:
+        check_stats_mode(p)
     labelled = data.num_classes > 1
     if p.features != "autoencoder" and not labelled:
         raise PipelineError(f"reference.features = {p.features} needs class labels, and the prepared data has one "
@@ -155,7 +157,7 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
     classifier, accuracy, offline, offline_config = train_offline(params, data, runtime.device, progress)
     extractors = [Extractor(p.features, offline, runtime.device)]
     if inception:
-        extractors.append(inception_extractor(find_inception(p.inception_path), runtime.device))
+        extractors.append(inception_extractor(find_inception(p.inception_path), runtime.device, p.inception_mode))
     reference_rows = np.sort(np.random.default_rng([params.seed, 3]).permutation(len(train_labels))[: p.max_features])
     spaces, space_info = [], {}
     for extractor in extractors:
@@ -166,6 +168,8 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
             "distance": extractor.distance, "copy_threshold": spaces[-1].ref.copy_threshold,
             "num_real": len(reference_rows),
             "stats_source": p.stats_path if stats is given else f"training split ({len(train_labels)} images)"}
+        if extractor.mode:
+            space_info[extractor.name]["mode"] = extractor.mode
 
     info = {"spaces": space_info, "primary": extractors[-1].name, "conditional": conditional,
             "class_names": data.manifest["class_names"], "classifier_holdout_accuracy": accuracy,
@@ -269,12 +273,31 @@ def load_reference(path: str | Path, params: Params, device: torch.device) -> Re
             if weights is None:
                 raise PipelineError(f"the reference was computed with Inception from {info['inception_path']}, "
                                     "which is gone: restore it or rerun `dvc repro reference`")
-            extractor = inception_extractor(weights, device)
+            if space["mode"] != params.reference.inception_mode:
+                raise PipelineError(f"the reference's Inception statistics are in clean-fid's {space['mode']} mode but "
+                                    f"reference.inception_mode is {params.reference.inception_mode}: FIDs of two "
+                                    "modes are not comparable; rerun `dvc repro reference`")
+            extractor = inception_extractor(weights, device, space["mode"])
         else:
             net, _ = load_module(folder / "extractor", lambda config: OfflineFeatures(**config), device, "reference")
             extractor = Extractor(name, net, device)
         spaces.append(Space(extractor, SpaceReference(stats["mu"], stats["sigma"], real, space["copy_threshold"])))
     return Reference(spaces, classifier, info, e.batch_size, e.kid_subsets, e.nearest_k)
+
+
+def check_stats_mode(p: ReferenceParams) -> None:
+    """Given statistics must come from the mode the features are computed in: the file's own `mode` entry, or
+    reference.stats_mode when it has none (published .npz files such as EDM's and ADM's do not say)."""
+    with np.load(p.stats_path, allow_pickle=False) as data:
+        recorded = str(data["mode"]) if "mode" in data.files else None
+    mode = recorded or p.stats_mode
+    if mode is None:
+        raise PipelineError(f"reference.stats_path = {p.stats_path!r} does not record the clean-fid mode it was "
+                            "computed in: set reference.stats_mode (EDM's and ADM's statistics: legacy_tensorflow)")
+    if mode != p.inception_mode:
+        raise PipelineError(f"reference.stats_path = {p.stats_path!r} was computed in clean-fid's {mode} mode but "
+                            f"reference.inception_mode is {p.inception_mode}: FIDs of two modes are not comparable; "
+                            f"set inception_mode: {mode} or give statistics of {p.inception_mode}")
 
 
 def floor_sets(path: str | Path, data: PreparedData, set_size: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipeline.config import LoopParams
+from pipeline.networks.published.mp_layers import renormalize_weights
 from pipeline.runtime import Runtime
 
 
@@ -76,6 +77,8 @@ class TrainingTask:
                  optimizers: dict[str, torch.optim.Optimizer], loop: LoopParams, runtime: Runtime):
         self.networks, self.ema, self.optimizers, self.runtime = networks, ema, optimizers, runtime
         self.run = {name: runtime.prepare(net) for name, net in networks.items()}
+        for net in networks.values():
+            renormalize_weights(net)
         self.batch_size = loop.batch_size
         mine = runtime.rows(loop.batch_size)
         per_pass = loop.batch_per_process or mine.stop - mine.start
@@ -101,6 +104,7 @@ class TrainingTask:
         norm = gradient_norm(self.networks[name])
         if torch.isfinite(norm):
             optimizer.step()
+            renormalize_weights(self.networks[name])  # EDM2's forced weight normalisation (other nets: no-op)
             logs["skipped"] = torch.zeros(())
         else:
             optimizer.zero_grad(set_to_none=True)
