@@ -64,6 +64,22 @@ class _UNet(nn.Module):
         self.dec[name] = module
         self._dec_roles[name] = role
 
+    def _enc_blocks(self, res: int, cin: int, cout: int, count: int, attention: bool, block: dict) -> int:
+        """The residual blocks of one encoder level; returns their output width."""
+        for idx in range(count):
+            self._enc_add(f"{res}x{res}_block{idx}", UNetBlock(cin, cout, attention=attention, **block), "block")
+            cin = cout
+        return cout
+
+    def _dec_start_level(self, res: int, lowest: bool, channels: int, block: dict) -> None:
+        """What opens each decoder level: two bottleneck blocks (the first with attention) at the lowest
+        resolution, an upsampling block at the others."""
+        if lowest:
+            self._dec_add(f"{res}x{res}_in0", UNetBlock(channels, channels, attention=True, **block), "block")
+            self._dec_add(f"{res}x{res}_in1", UNetBlock(channels, channels, **block), "block")
+        else:
+            self._dec_add(f"{res}x{res}_up", UNetBlock(channels, channels, up=True, **block), "block")
+
     def _drop_labels(self, class_labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         """The one-hot labels (zeros when None), each zeroed with probability `label_dropout` in training."""
         if class_labels is None:
@@ -191,11 +207,7 @@ class SongUNet(_UNet):
                                   ResampleConv(caux, cout, 3, down=True, resample_filter=resample_filter, fused=True,
                                                init=init), "aux_residual")
                     caux = cout
-            for idx in range(num_blocks):
-                self._enc_add(f"{res}x{res}_block{idx}", UNetBlock(cout, model_channels * mult,
-                                                                   attention=res in attn_resolutions, **block),
-                              "block")
-                cout = model_channels * mult
+            cout = self._enc_blocks(res, cout, model_channels * mult, num_blocks, res in attn_resolutions, block)
         self.encoder_channels = cout
         if not decoder:
             return
@@ -205,11 +217,7 @@ class SongUNet(_UNet):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(levels):
             res = img_resolution >> level
-            if level == len(levels) - 1:
-                self._dec_add(f"{res}x{res}_in0", UNetBlock(cout, cout, attention=True, **block), "block")
-                self._dec_add(f"{res}x{res}_in1", UNetBlock(cout, cout, **block), "block")
-            else:
-                self._dec_add(f"{res}x{res}_up", UNetBlock(cout, cout, up=True, **block), "block")
+            self._dec_start_level(res, level == len(levels) - 1, cout, block)
             for idx in range(num_blocks + 1):
                 attn = idx == num_blocks and res in attn_resolutions
                 self._dec_add(f"{res}x{res}_block{idx}",
@@ -271,11 +279,7 @@ class DhariwalUNet(_UNet):
                 cout = model_channels * mult
             else:
                 self._enc_add(f"{res}x{res}_down", UNetBlock(cout, cout, down=True, **block), "block")
-            for idx in range(num_blocks):
-                self._enc_add(f"{res}x{res}_block{idx}", UNetBlock(cout, model_channels * mult,
-                                                                   attention=res in attn_resolutions, **block),
-                              "block")
-                cout = model_channels * mult
+            cout = self._enc_blocks(res, cout, model_channels * mult, num_blocks, res in attn_resolutions, block)
         self.encoder_channels = cout
         if not decoder:
             return
@@ -284,11 +288,7 @@ class DhariwalUNet(_UNet):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(levels):
             res = img_resolution >> level
-            if level == len(levels) - 1:
-                self._dec_add(f"{res}x{res}_in0", UNetBlock(cout, cout, attention=True, **block), "block")
-                self._dec_add(f"{res}x{res}_in1", UNetBlock(cout, cout, **block), "block")
-            else:
-                self._dec_add(f"{res}x{res}_up", UNetBlock(cout, cout, up=True, **block), "block")
+            self._dec_start_level(res, level == len(levels) - 1, cout, block)
             for idx in range(num_blocks + 1):
                 self._dec_add(f"{res}x{res}_block{idx}",
                               UNetBlock(cout + skips.pop(), model_channels * mult,
