@@ -13,6 +13,7 @@ from pipeline.datasets.encoders import (
     EDM2_RAW_STD,
     IdentityEncoder,
     load_encoded,
+    load_vae,
     make_encoder,
     map_encoded,
     shard_name,
@@ -50,6 +51,9 @@ def test_identity_round_trip_is_exact():
     x = enc.to_training(stored, Draws(len(images), torch.device("cpu")))
     assert x.shape == (12, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
     np.testing.assert_array_equal(enc.decode(x), images)
+    # stored as uint8 (a quarter of fp32), mapped to [-1, 1] with the float32 operations of an fp32 store
+    assert stored["pixels"].dtype == torch.uint8
+    assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +141,8 @@ def test_sharded_identity_encode_equals_a_direct_encode(tmp_path):
         "encoder.json", shard_name(0), shard_name(1), shard_name(2)]
     encoder, stored, loaded_labels = load_encoded(tmp_path / "enc", CPU)
     train = np.setdiff1d(np.arange(40), HELD)
-    torch.testing.assert_close(stored["x"], encode_directly(IdentityEncoder(), images[train])["x"], rtol=0, atol=0)
+    direct = encode_directly(IdentityEncoder(), images[train])["pixels"]
+    assert stored["pixels"].dtype == torch.uint8 and torch.equal(stored["pixels"], direct)
     np.testing.assert_array_equal(loaded_labels.numpy(), labels[train])
     assert encoder.config == config and not list(tmp_path.glob(".enc.tmp-*"))
 
@@ -198,7 +203,7 @@ def test_training_batches_from_mapped_shards_equal_those_from_memory(tmp_path):
     images, labels = random_images(n=40, channels=1), np.arange(40) % 4
     write_encoded(tmp_path / "enc", prepared(images, labels, 16), IdentityEncoder(), 16, RUNTIME)
     encoder, shards, mapped_labels = map_encoded(tmp_path / "enc", CPU)
-    assert [len(shard["x"]) for shard in shards] == [16, 16, 8]
+    assert [len(shard["pixels"]) for shard in shards] == [16, 16, 8]
     batches = []
     for on_device in (True, False):  # copied into one tensor / gathered from the three mapped files
         data = TrainingData(encoder, shards, mapped_labels, CPU, on_device=on_device)
@@ -209,3 +214,23 @@ def test_training_batches_from_mapped_shards_equal_those_from_memory(tmp_path):
     idx = torch.randint(0, 40, (64,)).numpy()  # the rows the draws picked
     np.testing.assert_array_equal(encoder.decode(batches[1][0]), images[idx])
     np.testing.assert_array_equal(batches[1][1].numpy(), labels[idx])
+
+
+def test_vae_loader_tries_the_local_cache_before_the_network(tiny_vae_dir, monkeypatch):
+    """An offline machine with the files cached must not wait on network time-outs."""
+    import diffusers
+
+    calls, real = [], diffusers.AutoencoderKL.from_pretrained
+
+    def from_pretrained(name, **kwargs):
+        calls.append(kwargs.get("local_files_only", False))
+        if name == "cached/vae" and kwargs.get("local_files_only"):
+            return real(str(tiny_vae_dir))
+        raise OSError("not cached" if kwargs.get("local_files_only") else "no network")
+    monkeypatch.setattr(diffusers.AutoencoderKL, "from_pretrained", from_pretrained)
+    load_vae("cached/vae", CPU)
+    assert calls == [True]  # found in the cache: the network is never tried
+    calls.clear()
+    with pytest.raises(PipelineError, match="cannot load an AutoencoderKL"):
+        load_vae("uncached/vae", CPU)
+    assert calls == [True, False]  # the cache, then the hub

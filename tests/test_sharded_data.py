@@ -136,5 +136,5 @@ def test_prepare_and_encode_stages(workdir, params_dict):
     encoder, stored, labels = load_encoded("data/encoded")
     assert encoder.config["shards"] == [500, 500, 297] and encoder.config["num_images"] == data.count(TRAIN)
     images, expected_labels = data.part(TRAIN)
-    torch.testing.assert_close(stored["x"], IdentityEncoder().encode(images, CPU)["x"], rtol=0, atol=0)
+    torch.testing.assert_close(stored["pixels"], IdentityEncoder().encode(images, CPU)["pixels"], rtol=0, atol=0)
     np.testing.assert_array_equal(labels.numpy(), expected_labels)

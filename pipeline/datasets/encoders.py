@@ -7,7 +7,8 @@
               (whitening: measured), or with EDM2's fixed constants (whitening: edm2), which a published
               EDM2 teacher was trained with
 
-Stored form (what encode writes): identity {"x": fp32}; sd-vae {"mean": fp16, "std": fp16}. The
+Stored form (what encode writes): identity {"pixels": uint8 NCHW}, a quarter of fp32's size (in-memory callers
+may pass model-space {"x": float} instead); sd-vae {"mean": fp16, "std": fp16}. The
 `to_training` step turns stored tensors into model-space tensors; `decode` maps model space to uint8 NHWC.
 
 The encoded format (data/encoded/), written by `write_encoded` under torchrun, each process encoding its
@@ -55,7 +56,7 @@ class IdentityEncoder:
         self.config = dict(config or {"encoder": self.name})
 
     def encode(self, images: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-        return {"x": _to_nchw_float(images, device) / 127.5 - 1}
+        return {"pixels": torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()}
 
     def moments(self, stored: dict[str, torch.Tensor]) -> torch.Tensor:
         """The float64 sums over a batch that `finish` needs (added up over every batch): none here."""
@@ -68,7 +69,9 @@ class IdentityEncoder:
         return self.config
 
     def to_training(self, stored: dict[str, torch.Tensor], draws: Draws) -> torch.Tensor:
-        return stored["x"].float()
+        if "x" in stored:
+            return stored["x"].float()
+        return stored["pixels"].float() / 127.5 - 1  # the same float32 operations as before storing
 
     def decode(self, x: torch.Tensor) -> np.ndarray:
         return _to_nhwc_uint8((x.float() + 1) * 127.5)
@@ -137,13 +140,19 @@ def decode_batched(encoder, latents: torch.Tensor, batch_size: int, device: torc
 
 
 def load_vae(name: str, device: torch.device):
-    """An AutoencoderKL from a local folder or a hub id (downloaded unless HF_HUB_OFFLINE=1)."""
+    """An AutoencoderKL from a local folder or a hub id: the local hub cache first, so an offline machine with
+    the files cached never waits on the network; then a download (unless HF_HUB_OFFLINE=1)."""
     try:
         from diffusers import AutoencoderKL
     except ImportError:
         raise PipelineError("encode.encoder: sd-vae needs diffusers: pip install -e '.[latent]'") from None
     try:
-        vae = AutoencoderKL.from_pretrained(name)
+        try:
+            vae = AutoencoderKL.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError):
+            if Path(name).is_dir():
+                raise
+            vae = AutoencoderKL.from_pretrained(name)
     except (OSError, ValueError) as exc:
         raise PipelineError(
             f"encode.vae = {name!r}: cannot load an AutoencoderKL ({type(exc).__name__}). Point encode.vae at a "
@@ -240,7 +249,8 @@ def load_encoded(path, device: torch.device | None = None):
     return encoder, {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}, labels
 
 
-SAFETENSORS_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "I64": torch.int64}
+SAFETENSORS_DTYPES = {"U8": torch.uint8, "F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
+                      "I64": torch.int64}
 
 
 def _map_shard(path: Path, count: int) -> dict[str, torch.Tensor]:
