@@ -1,4 +1,4 @@
-"""Speed and memory measured side by side in one run:
+"""Speed and memory measured side by side in one run (every timing a median after 5 warm-up calls):
 
     python -m pipeline.experiments.benchmark                       # -> metrics/bench.json and a table of ratios
     python -m pipeline.experiments.benchmark --presets cifar10 imagenet512 --batch 8
@@ -42,7 +42,7 @@ from pipeline.errors import PipelineError
 from pipeline.generation.sampling import edm_heun, heun_sigmas
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.models import build_denoiser, denoiser_config, load_denoiser
-from pipeline.runtime import Runtime, pick_device
+from pipeline.runtime import Runtime, pick_device, start
 from pipeline.training.measure import PeakMemory, StepTimer
 from pipeline.training.methods import build_task
 
@@ -56,9 +56,13 @@ VAE_ARCHITECTURE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "
 console = Console()
 
 
+WARMUP = 5  # untimed calls first: allocator growth, cuDNN autotuning and lazy initialisation settle
+
+
 def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds of fn() over `repeats` calls, after one warm-up call."""
-    fn()
+    """Median seconds of fn() over `repeats` calls, after WARMUP untimed ones."""
+    for _ in range(WARMUP):
+        fn()
     times = []
     for _ in range(repeats):
         with StepTimer(device) as timer:
@@ -91,7 +95,7 @@ def setting(name: str, batch: int | None, device: torch.device) -> tuple[Params,
     """Params, runtime, score-net config and batch of one benchmark setting: `default` or a preset."""
     if name == "default":
         params = load_params()
-        return params, Runtime(device, params.compute), None, params.sample.batch_size
+        return params, start(device.type, params.compute, distributed=False), None, params.sample.batch_size
     params = load_params(f"presets/{name}.yaml")
     compute = params.compute.model_copy(update={"processes": 1})
     if device.type != "cuda":
@@ -102,7 +106,7 @@ def setting(name: str, batch: int | None, device: torch.device) -> tuple[Params,
                              classes if params.pretrain.class_conditional else 0, params.pretrain.sigma_data)
     train = params.train.model_copy(update={"batch_size": batch, "batch_per_process": None})
     params = params.model_copy(update={"compute": compute, "train": train})
-    return params, Runtime(device, compute), config, batch
+    return params, start(device.type, compute, distributed=False), config, batch  # start: TF32 flags as in a stage
 
 
 def teacher_and_data(params: Params, config: dict | None, runtime: Runtime) -> tuple[torch.nn.Module, dict, TrainingData]:
@@ -142,6 +146,8 @@ def training_step(name: str, batch: int | None, method: str, device: torch.devic
     params, runtime, config, batch = setting(name, batch, device)
     memory = PeakMemory(device)
     teacher, config, data = teacher_and_data(params, config, runtime)
+    if runtime.compute.channels_last:  # the frozen teacher (VSD's) in the layout the trained nets get
+        teacher.to(memory_format=torch.channels_last)
     task, _ = build_task(params.model_copy(update={"method": method}), teacher, config, data, runtime)
     seconds = timed(task.step, steps, device)
     result = {"batch_size": params.train.batch_size, "seconds_per_step": seconds, "peak_memory_mib": memory.peak_mib(),
