@@ -1,9 +1,10 @@
 """Where and how a stage runs: the device, its share of the processes under torchrun, and the numerics.
 
-`dvc repro` starts the distributed stages (encode, pretrain, train, sample, fid) with
-`torchrun --nproc_per_node <compute.processes>`; every process builds a `Runtime` from torchrun's
-environment. One process per GPU (NCCL), or several CPU processes (gloo). With one process nothing is
-initialised and every collective below is a no-op, so the single-process path is plain PyTorch.
+`dvc repro` starts the distributed stages (encode, pretrain, train, sample, fid) through `pipeline.launch`,
+which runs torchrun with compute.processes processes on one node or on each of several; every process builds a
+`Runtime` from torchrun's environment. One process per GPU (NCCL), or several CPU processes (gloo). With one
+process nothing is initialised and every collective below is a no-op, so the single-process path is plain
+PyTorch.
 
 Work is split by index, never by chance: a process takes a fixed share of the rows of a batch, of the
 samples or of the images, so that what is computed does not depend on the number of processes.
@@ -12,7 +13,10 @@ samples or of the images, so that what is computed does not depend on the number
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -120,14 +124,46 @@ class Runtime:
         return run
 
 
-def start(device_setting: str, compute: ComputeParams, distributed: bool) -> Runtime:
-    """The Runtime of this process. A distributed stage checks that torchrun started as many processes as
-    compute.processes says (the value DVC tracks) and joins the process group."""
+def die_with_parent() -> None:
+    """Have Linux send this process SIGTERM when its parent ends, however it ends (SIGKILL included)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+
+
+def _die_with_agent() -> None:
+    """A worker ends with torchrun's agent (the launcher): torchrun starts each worker in a session of its own,
+    so a killed `dvc repro` would otherwise leave it training. pipeline.launch names the agent, which catches
+    an agent that died before this ran."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    die_with_parent()
+    agent = os.environ.get("DIFFRATIO_AGENT_PID")
+    if agent and int(agent) != os.getppid():  # the agent ended before the line above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _check_world(compute: ComputeParams) -> None:
+    """torchrun started compute.processes processes (the value DVC tracks) on every node."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if distributed and world != compute.processes:
-        how = ("run it through `dvc repro`, whose commands use torchrun" if world == 1
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if nodes == 1 and world != compute.processes:
+        how = ("run it through `dvc repro`, whose commands start them (python -m pipeline.launch)" if world == 1
                else f"set compute.processes: {world}, or launch {compute.processes} processes")
         raise PipelineError(f"compute.processes = {compute.processes} but {world} process(es) were started: {how}")
+    if nodes > 1 and (local != compute.processes or world != compute.processes * nodes):
+        raise PipelineError(f"compute.processes = {compute.processes} per node, but this node started {local} of "
+                            f"{world} processes on {nodes} nodes: start every node with `python -m pipeline.launch "
+                            f"--nproc-per-node {compute.processes}`, or set compute.processes")
+
+
+def start(device_setting: str, compute: ComputeParams, distributed: bool) -> Runtime:
+    """The Runtime of this process. A distributed stage ends with its launcher, checks that torchrun started
+    compute.processes processes per node and joins the process group of all of them."""
+    if distributed:
+        _die_with_agent()
+        _check_world(compute)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_setting)
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
     if device.type == "cuda":

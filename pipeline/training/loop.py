@@ -8,18 +8,22 @@ Checkpoints hold tensors only (safetensors) and a JSON sidecar with the counters
 fingerprint of the params; a checkpoint whose fingerprint differs is discarded instead of resumed.
 
 Under torchrun every process runs the loop in lockstep (the same RNG state, the same steps); the main
-process alone writes checkpoints and shows progress, and logged values are averaged over processes.
+process alone writes checkpoints and shows progress, and logged values are averaged over processes. It holds
+a lock beside the checkpoint folder for the whole run, so that two runs never share the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import torch
 from rich import print
@@ -29,6 +33,7 @@ from torch import nn
 
 from pipeline.artifacts import atomic_path, read_json, write_json
 from pipeline.config import LoopParams
+from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime
 from pipeline.training.measure import StepTimer
 
@@ -150,13 +155,56 @@ def _mean_over_processes(sums: dict[str, float], runtime: Runtime) -> dict[str, 
     return dict(zip(sums, (values / runtime.world).tolist()))
 
 
+def _lock(checkpoint_dir: Path) -> tuple[IO[str] | None, str | None]:
+    """An exclusive lock on `<checkpoint_dir>.lock` (beside the folder, which checkpoints replace), holding this
+    process's id; or why not. The kernel releases it when the process ends, however it ends."""
+    path = checkpoint_dir.with_name(f"{checkpoint_dir.name}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        return None, (f"{checkpoint_dir} is in use by process {holder} (another run of this stage, or a worker "
+                      f"left running by a killed run): wait for it to end or end it (`kill {holder}`), then rerun")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle, None
+
+
+@contextlib.contextmanager
+def checkpoint_lock(checkpoint_dir: Path, runtime: Runtime) -> Iterator[None]:
+    """Hold the checkpoint folder for the run (the main process holds the lock); refuse, in every process, when
+    another process holds it."""
+    handle, error = _lock(checkpoint_dir) if runtime.main else (None, None)
+    error = runtime.gather(error)[0]
+    if error:
+        raise PipelineError(error)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
+
+
 def run_training(task: Task, loop: LoopParams, checkpoint_dir: str | Path, run_id: str, runtime: Runtime,
                  description: str, on_finish: Callable[[LoopState], None], seed: int) -> LoopState:
     """Train until `loop.duration_images`, resuming from `checkpoint_dir` when it holds this run's state.
 
     `on_finish` writes the stage's outputs (main process only); the checkpoint is removed after it returns.
+    A run is refused while another process holds the checkpoint folder.
     """
     checkpoint_dir = Path(checkpoint_dir)
+    with checkpoint_lock(checkpoint_dir, runtime):
+        return _train(task, loop, checkpoint_dir, run_id, runtime, description, on_finish, seed)
+
+
+def _train(task: Task, loop: LoopParams, checkpoint_dir: Path, run_id: str, runtime: Runtime, description: str,
+           on_finish: Callable[[LoopState], None], seed: int) -> LoopState:
     device = runtime.device
     for opt in task.optimizers.values():  # remember the configured rates before any ramp-up
         for group in opt.param_groups:
@@ -191,7 +239,8 @@ def run_training(task: Task, loop: LoopParams, checkpoint_dir: str | Path, run_i
                 state.curves.append(row)
                 sums, count = {}, 0
                 next_log += loop.log_every_images
-                bar.update(bar_task, status=" ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("images", "step")))
+                status = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("images", "step"))
+                bar.update(bar_task, status=status)
             if state.images >= next_checkpoint and state.images < loop.duration_images:
                 if runtime.main:
                     save_checkpoint(checkpoint_dir, task, state, run_id)
