@@ -41,6 +41,13 @@ def use_published(params: Params, data_config: dict, runtime: Runtime) -> None:
                       f"({teacher['parameters']:,} parameters) -> {OUT}/score")
 
 
+def run_fingerprint(params: Params, data_config: dict) -> str:
+    """What defines the run, the numerics included (a checkpoint resumes only on equality); not
+    compute.processes, which does not change the result."""
+    return fingerprint(params.seed, params.pretrain.model_dump(), data_config,
+                       params.compute.model_dump(exclude={"processes"}))
+
+
 def main(params: Params, runtime: Runtime) -> None:
     p = params.pretrain
     device = runtime.device
@@ -53,7 +60,7 @@ def main(params: Params, runtime: Runtime) -> None:
     torch.manual_seed(params.seed)
     net = build_denoiser(config).to(device)
     task = ScorePretraining(net, TrainingData(encoder, shards, labels, device), p, runtime)
-    run_id = fingerprint(params.seed, p.model_dump(), data_config)
+    run_id = run_fingerprint(params, data_config)
     started = time.perf_counter()
 
     def finish(state) -> None:

@@ -61,8 +61,9 @@ def main(params: Params, runtime: Runtime) -> None:
         tmp.mkdir()
         for n in counts:
             started = time.perf_counter()
-            latents, control, labels, ess = scaled_generate(generator, log_weight, num, n, p.tau, p.batch_size,
-                                                            params.seed, shape, config["num_classes"], device)
+            with runtime.autocast():  # as the sample stage runs the generator: N = 1 is its `generator` row
+                latents, control, labels, ess = scaled_generate(generator, log_weight, num, n, p.tau, p.batch_size,
+                                                                params.seed, shape, config["num_classes"], device)
             seconds = time.perf_counter() - started
             images = decode_batched(encoder, latents, p.batch_size, device)
             save_arrays(tmp / f"n{n}.npz", images=images, labels=labels)

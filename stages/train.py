@@ -28,6 +28,13 @@ OUT, CHECKPOINT = "data/train", "data/checkpoints/train"
 CURVES, LEVELS, METRICS = "metrics/train_curves.csv", "metrics/train_noise_levels.csv", "metrics/train.json"
 
 
+def run_fingerprint(params: Params, divergence: str, score_config: dict, data_config: dict) -> str:
+    """What defines the run, the numerics included (a checkpoint resumes only on equality); not
+    compute.processes, which does not change the result."""
+    return fingerprint(params.method, divergence, params.train.model_dump(), score_config, data_config,
+                       params.compute.model_dump(exclude={"processes"}))
+
+
 def main(params: Params, runtime: Runtime) -> None:
     p = params.train
     device = runtime.device
@@ -39,7 +46,7 @@ def main(params: Params, runtime: Runtime) -> None:
     divergence = params.divergence if params.method == "diffratio" else "dikl"  # vsd: the reverse-KL gradient
     counts = {"generator_parameters": count_parameters(generator),
               "auxiliary_parameters": count_parameters(auxiliary)}
-    run_id = fingerprint(params.method, divergence, p.model_dump(), score_config, encoder.config)
+    run_id = run_fingerprint(params, divergence, score_config, encoder.config)
     memory = PeakMemory(device)
     started = time.perf_counter()
 

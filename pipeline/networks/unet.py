@@ -77,6 +77,13 @@ class ResBlock(nn.Module):
         return self.attention(x) if self.attention is not None else x
 
 
+def fused_layout(x: torch.Tensor) -> bool:
+    """Whether attention hands SDPA a contiguous head dim: on CUDA, where that selects the flash and
+    memory-efficient kernels. On the CPU the layout stays as it was: the fused CPU kernel rounds differently
+    (about 1e-7 of the output), and the default run's committed figures are kept bit for bit."""
+    return x.is_cuda
+
+
 class Attention(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -86,8 +93,13 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, hgt * wid).unbind(1)
-        h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        qkv = self.qkv(self.norm(x))
+        if fused_layout(x):  # [b, heads, h*w, head dim], head dim contiguous as fused kernels need (NHWC: no copy)
+            qkv = qkv.permute(0, 2, 3, 1).contiguous().view(b, hgt * wid, 3, self.heads, c // self.heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # transposed views of NCHW (head dim strided): the kernel the committed CPU figures were made with
+            q, k, v = (t.transpose(-1, -2) for t in qkv.reshape(b, 3, self.heads, c // self.heads, hgt * wid).unbind(1))
+        h = F.scaled_dot_product_attention(q, k, v)
         return (x + self.proj(h.transpose(-1, -2).reshape(b, c, hgt, wid))) / math.sqrt(2)
 
 

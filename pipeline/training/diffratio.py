@@ -43,18 +43,18 @@ class DiffRatioTraining(OneStepTraining):
                                    self.p.logit_clamp, noise=draws.randn(*x_gen.shape[1:]))
         return loss, {"h_mean": out["h"].mean()}
 
-    def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
-        """The ratio net's accuracy and mean logit on real and generated samples, the weights h, and the mean
-        norm of the per-sample x-space update w h grad_x d."""
-        p, ratio, draws = self.p, self.networks["ratio"], Draws(len(sigma), sigma.device)
+    def diagnose_level(self, sigma: torch.Tensor, draws: Draws) -> dict[str, torch.Tensor]:
+        """The ratio net's accuracy and logit on real and generated samples, the weight h, and the norm of the
+        per-sample x-space update w h grad_x d."""
+        p, ratio = self.p, self.networks["ratio"]
         x_real, labels = self.batch(draws)
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
             _, logits = ratio_loss(ratio, x_fake, x_real, labels, sigma, draws)
         x_in = x_fake.requires_grad_(True)  # so that x_s carries a gradient to read
-        _, out = generator_loss(ratio, x_in, sigma, labels, self.divergence, p.weighting, p.logit_clamp)
+        _, out = generator_loss(ratio, x_in, sigma, labels, self.divergence, p.weighting, p.logit_clamp,
+                                noise=draws.randn(*x_in.shape[1:]))
         (grad,) = torch.autograd.grad(out["terms"].sum(), out["x_s"])
-        return {"acc_real": (logits["d_real"] < 0).float().mean().item(),
-                "acc_fake": (logits["d_fake"] > 0).float().mean().item(),
-                "d_real": logits["d_real"].mean().item(), "d_fake": logits["d_fake"].mean().item(),
-                "h_mean": out["h"].mean().item(), "update_norm": grad.flatten(1).norm(dim=1).mean().item()}
+        return {"acc_real": (logits["d_real"] < 0).float(), "acc_fake": (logits["d_fake"] > 0).float(),
+                "d_real": logits["d_real"], "d_fake": logits["d_fake"], "h_mean": out["h"],
+                "update_norm": grad.flatten(1).norm(dim=1)}

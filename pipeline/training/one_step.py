@@ -32,8 +32,8 @@ class OneStepTraining(TrainingTask, ABC):
         networks = {"generator": generator.train(), self.auxiliary: auxiliary.train()}
         ema = {"generator": copy.deepcopy(generator).eval().requires_grad_(False)}
         optimizers = {
-            "generator": torch.optim.Adam(generator.parameters(), lr=p.generator_lr, betas=p.generator_betas),
-            self.auxiliary: torch.optim.Adam(auxiliary.parameters(), lr=p.ratio_lr, betas=p.ratio_betas),
+            "generator": adam(generator.parameters(), p.generator_lr, p.generator_betas, runtime.device),
+            self.auxiliary: adam(auxiliary.parameters(), p.ratio_lr, p.ratio_betas, runtime.device),
         }
         super().__init__(networks, ema, optimizers, p, runtime)
 
@@ -58,17 +58,32 @@ class OneStepTraining(TrainingTask, ABC):
         and scalars to log."""
 
     @abstractmethod
-    def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
-        """Diagnostics at one noise level (every entry of `sigma` equal), on fresh batches of len(sigma)."""
+    def diagnose_level(self, sigma: torch.Tensor, draws: Draws) -> dict[str, torch.Tensor]:
+        """Per-sample diagnostics at one noise level (every entry of `sigma` equal) on the rows of `draws`."""
 
     def diagnose(self) -> list[dict]:
-        """diagnose_level at log-spaced noise levels over the auxiliary net's training range."""
-        p = self.p
+        """The means of diagnose_level at log-spaced noise levels over the auxiliary net's training range, over
+        train.diagnostic_samples fresh samples, run in chunks of a training pass's rows (the memory of one pass).
+        Every random number is drawn for all samples at once and every mean taken over all of them, so the
+        chunks change nothing but the batch size the networks see. Dropout is off (eval mode)."""
+        p, n = self.p, self.p.diagnostic_samples
+        chunk = self.passes[0].stop - self.passes[0].start
         self.networks[self.auxiliary].requires_grad_(False)
-        levels = np.geomspace(p.ratio_noise.sigma_min, p.ratio_noise.sigma_max, p.diagnostic_levels)
-        return [{"sigma": float(level), **self.diagnose_level(torch.full((p.diagnostic_samples,), float(level),
-                                                                        device=self.data.device))}
-                for level in levels]
+        modes = {name: net.training for name, net in self.networks.items()}
+        for net in self.networks.values():
+            net.eval()
+        rows = []
+        for level in np.geomspace(p.ratio_noise.sigma_min, p.ratio_noise.sigma_max, p.diagnostic_levels):
+            draws, values = Draws(n, self.data.device), {}
+            for start in range(0, n, chunk):
+                draws.select(slice(start, start + chunk))
+                sigma = torch.full((draws.n,), float(level), device=self.data.device)
+                for key, value in self.diagnose_level(sigma, draws).items():
+                    values.setdefault(key, []).append(value.detach())
+            rows.append({"sigma": float(level), **{key: torch.cat(v).mean().item() for key, v in values.items()}})
+        for name, net in self.networks.items():
+            net.train(modes[name])
+        return rows
 
     def generator_step_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, labels = self.batch(draws)  # class labels follow the data's label distribution
@@ -86,3 +101,9 @@ class OneStepTraining(TrainingTask, ABC):
         generator_logs, norm = self.update("generator", self.generator_step_loss)
         skipped += generator_logs.pop("skipped")
         return {**logs, **generator_logs, "grad_norm": norm, "skipped": skipped}
+
+
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
+    """Adam with CUDA's fused kernel; elsewhere the foreach one (on the CPU the same numbers as the plain loop)."""
+    cuda = device.type == "cuda"
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=cuda or None, foreach=None if cuda else True)

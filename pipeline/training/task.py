@@ -4,7 +4,9 @@ A step's batch (the loop's batch_size) is split into contiguous rows: each proce
 runs them in passes of `batch_per_process`, accumulating gradients; DDP averages them over processes.
 Every random number of the step is drawn for the whole global batch from the RNG state all processes
 share, and each pass keeps its own rows (`Draws`). The step therefore sees the same samples, noise and
-labels, and its gradient is the same batch mean (up to float rounding), for any split.
+labels, and its gradient is the same batch mean (up to float rounding), for any split. What the networks
+draw themselves (dropout masks) comes, with several processes, from each process's own stream
+(`ProcessStream`), so that processes do not mask their rows alike.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ class Draws:
     With one pass over the whole batch this is exactly drawing from torch's RNG in program order.
     """
 
-    def __init__(self, size: int, device: torch.device):
-        self.size, self.device = size, device
+    def __init__(self, size: int, device: torch.device,
+                 shared: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+        self.size, self.device, self.shared = size, device, shared  # `shared`: where the draws are made
         self._tensors: list[torch.Tensor] = []
         self.select(slice(0, size))
 
@@ -44,7 +47,8 @@ class Draws:
 
     def _take(self, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
         if self._calls == len(self._tensors):
-            self._tensors.append(draw(self.size))
+            with self.shared():
+                self._tensors.append(draw(self.size))
         tensor = self._tensors[self._calls]
         self._calls += 1
         return tensor[self.rows]
@@ -59,7 +63,50 @@ class Draws:
 
     def randint(self, high: int) -> torch.Tensor:
         """Integers in [0, high) per row, drawn from the CPU generator and moved to the device."""
-        return self._take(lambda n: torch.randint(0, high, (n,))).to(self.device)
+        return self._take(lambda n: torch.randint(0, high, (n,))).to(self.device, non_blocking=True)
+
+
+class ProcessStream:
+    """A stream of torch's global RNG that belongs to this process, beside the one all processes share.
+
+    Inside `own()` the global RNG is this process's stream, seeded from the shared stream's state (without
+    advancing it, so a resumed run draws the same) and the rank; `shared()` switches back to the shared
+    stream for a block, and the shared stream continues where that block left it.
+    """
+
+    def __init__(self, device: torch.device, rank: int):
+        self.cuda, self.rank = device if device.type == "cuda" else None, rank
+
+    def _state(self) -> tuple:
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.cuda) if self.cuda else None
+
+    def _load(self, state: tuple) -> None:
+        torch.set_rng_state(state[0])
+        if self.cuda:
+            torch.cuda.set_rng_state(state[1], self.cuda)
+
+    @contextlib.contextmanager
+    def own(self):
+        self._shared = self._state()
+        seed = int(torch.randint(2**62, (1,))) + self.rank
+        torch.default_generator.manual_seed(seed)
+        if self.cuda:
+            with torch.cuda.device(self.cuda):
+                torch.cuda.manual_seed(seed)
+        try:
+            yield
+        finally:
+            self._load(self._shared)
+
+    @contextlib.contextmanager
+    def shared(self):
+        own = self._state()
+        self._load(self._shared)
+        try:
+            yield
+        finally:
+            self._shared = self._state()
+            self._load(own)
 
 
 def gradient_norm(module: nn.Module) -> torch.Tensor:
@@ -83,24 +130,28 @@ class TrainingTask:
         mine = runtime.rows(loop.batch_size)
         per_pass = loop.batch_per_process or mine.stop - mine.start
         self.passes = [slice(start, start + per_pass) for start in range(mine.start, mine.stop, per_pass)]
+        # one process: the networks draw from the shared stream, in program order, as always
+        self.stream = ProcessStream(runtime.device, runtime.rank) if runtime.world > 1 else None
 
     def update(self, name: str, loss: Callable[[Draws], tuple[torch.Tensor, dict[str, torch.Tensor]]]
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One update of networks[name]: `loss(draws)` returns the mean loss over the rows `draws` hands
         out, and scalars to log. Returns the logs (averaged over passes) and the gradient norm. A step whose
         gradient is not finite is skipped and counted under `skipped` in the logs."""
-        draws = Draws(self.batch_size, self.runtime.device)
+        stream = self.stream
+        draws = Draws(self.batch_size, self.runtime.device, stream.shared if stream else contextlib.nullcontext)
         optimizer = self.optimizers[name]
         optimizer.zero_grad(set_to_none=True)
         logs: dict[str, torch.Tensor] = {}
-        for k, rows in enumerate(self.passes):
-            draws.select(rows)
-            with self._sync(name, last=k == len(self.passes) - 1), self.runtime.autocast():
-                value, pass_logs = loss(draws)
-            # per-pass means, weighted so the accumulated, process-averaged gradient is the batch mean
-            (value * (draws.n * self.runtime.world / self.batch_size)).backward()
-            for key, v in pass_logs.items():
-                logs[key] = logs.get(key, 0) + v.detach().float() / len(self.passes)
+        with stream.own() if stream else contextlib.nullcontext():
+            for k, rows in enumerate(self.passes):
+                draws.select(rows)
+                with self._sync(name, last=k == len(self.passes) - 1), self.runtime.autocast():
+                    value, pass_logs = loss(draws)
+                # per-pass means, weighted so the accumulated, process-averaged gradient is the batch mean
+                (value * (draws.n * self.runtime.world / self.batch_size)).backward()
+                for key, v in pass_logs.items():
+                    logs[key] = logs.get(key, 0) + v.detach().float() / len(self.passes)
         norm = gradient_norm(self.networks[name])
         if torch.isfinite(norm):
             optimizer.step()

@@ -59,13 +59,14 @@ class VSDTraining(OneStepTraining):
                                           self.p.weighting, noise=draws.randn(*x_gen.shape[1:]))
         return loss, {"update_norm": out["update"].flatten(1).norm(dim=1).mean()}
 
-    def diagnose_level(self, sigma: torch.Tensor) -> dict[str, float]:
-        """The fake score net's denoising loss on generated samples, and the mean norm of the per-sample
-        x-space update w (D_fake - D_teacher) / s^2."""
-        fake, draws = self.networks["fake_score"], Draws(len(sigma), sigma.device)
+    def diagnose_level(self, sigma: torch.Tensor, draws: Draws) -> dict[str, torch.Tensor]:
+        """The fake score net's denoising loss on generated samples, and the norm of the per-sample x-space
+        update w (D_fake - D_teacher) / s^2."""
+        fake = self.networks["fake_score"]
         _, labels = self.batch(draws)
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
-            loss = denoising_loss(fake, x_fake, labels, sigma, draws.randn(*x_fake.shape[1:]), fake.sigma_data).mean()
-        _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, self.p.weighting)
-        return {"fake_score_loss": loss.item(), "update_norm": out["update"].flatten(1).norm(dim=1).mean().item()}
+            loss = denoising_loss(fake, x_fake, labels, sigma, draws.randn(*x_fake.shape[1:]), fake.sigma_data)
+        _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, self.p.weighting,
+                                       noise=draws.randn(*x_fake.shape[1:]))
+        return {"fake_score_loss": loss, "update_norm": out["update"].flatten(1).norm(dim=1)}

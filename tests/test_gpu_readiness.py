@@ -1,0 +1,215 @@
+"""What the paper-scale runs need, checked on the CPU: diagnostics in bounded chunks, attention inputs the fused
+kernels take, per-process dropout masks, the numerics in the checkpoint fingerprint, and the scale stage's
+generator under the sample stage's autocast."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import stages.pretrain
+import stages.scale
+import stages.train
+from pipeline.config import NetworkParams
+from pipeline.datasets.encoders import IdentityEncoder
+from pipeline.datasets.training_data import TrainingData
+from pipeline.generation.sampling import generate_batch
+from pipeline.networks import unet as unet_module
+from pipeline.networks.generator import OneStepGenerator, generator_config
+from pipeline.networks.models import build_denoiser, denoiser_config
+from pipeline.networks.ratio_net import build_ratio_net, init_from_score, ratio_config
+from pipeline.networks.unet import Attention
+from pipeline.runtime import Runtime
+from pipeline.training import task as task_module
+from pipeline.training.diffratio import DiffRatioTraining
+from pipeline.training.divergences import DIVERGENCES
+from pipeline.training.loop import LoopState, load_checkpoint, save_checkpoint
+from pipeline.training.pretraining import ScorePretraining
+from pipeline.training.vsd import VSDTraining
+from tests.conftest import CPU
+from tests.test_diffratio_training import PARAMS, score_net
+
+
+def one_step_task(method: str, batch_size: int, batch_per_process: int | None):
+    score, config = score_net()
+    train = PARAMS.train.model_copy(update={"batch_size": batch_size, "batch_per_process": batch_per_process,
+                                            "diagnostic_samples": 10, "diagnostic_levels": 3})
+    generator = OneStepGenerator(copy.deepcopy(score), train.t_init).requires_grad_(True)
+    torch.manual_seed(1)
+    data = TrainingData(IdentityEncoder(), [{"x": torch.rand(32, 1, 8, 8) * 2 - 1}], torch.arange(32) % 10,
+                        torch.device("cpu"))
+    if method == "diffratio":
+        auxiliary = init_from_score(build_ratio_net(ratio_config(config)), score)
+        task = DiffRatioTraining(generator, auxiliary, data, train, DIVERGENCES["dijs"], True, CPU)
+        weights = (auxiliary.head.weight, auxiliary.projection.weight)
+    else:
+        auxiliary = copy.deepcopy(score).requires_grad_(True)
+        task = VSDTraining(generator, auxiliary, score, data, train, True, CPU)
+        weights = (auxiliary.backbone.conv_out.weight,)
+    with torch.no_grad():  # a trained-looking auxiliary net: nonzero logits and updates
+        for k, weight in enumerate(weights):
+            weight.copy_(0.1 * torch.randn(weight.shape, generator=torch.Generator().manual_seed(k)))
+    return task
+
+
+@pytest.mark.parametrize("method", ["diffratio", "vsd"])
+def test_diagnostics_in_chunks_equal_one_batch_and_bound_the_batch(method):
+    results, batches, states = [], [], []
+    for batch_size, per_pass in ((16, None), (8, 3)):  # 10 samples: one chunk; chunks of 3, 3, 3 and 1
+        task = one_step_task(method, batch_size, per_pass)
+        largest = [0]
+        nets = [*task.networks.values(), *([task.teacher] if method == "vsd" else [])]
+        for net in nets:
+            net.register_forward_pre_hook(lambda m, args: largest.__setitem__(0, max(largest[0], len(args[0]))))
+        torch.manual_seed(2)
+        results.append(task.diagnose())
+        batches.append(largest[0])
+        states.append(torch.get_rng_state())
+        assert all(net.training for net in task.networks.values())  # the training mode is restored
+    assert batches == [10, 3]
+    assert torch.equal(*states)  # the same random numbers were drawn
+    whole, chunked = results
+    assert [row.keys() for row in whole] == [row.keys() for row in chunked]
+    for a, b in zip(whole, chunked):
+        assert a["update_norm"] > 0
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
+
+
+def old_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
+    """The layout before: q, k and v transposed views of NCHW, the head dim strided by h*w."""
+    b, c, hgt, wid = x.shape
+    q, k, v = module.qkv(module.norm(x)).reshape(b, 3, module.heads, c // module.heads, hgt * wid).unbind(1)
+    h = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+    return (x + module.proj(h.transpose(-1, -2).reshape(b, c, hgt, wid))) / math.sqrt(2)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_hands_fused_kernels_a_contiguous_head_dim(monkeypatch, channels_last):
+    """On CUDA (stood in for here) SDPA gets a contiguous head dim; the CPU path is the old one, bit for bit."""
+    torch.manual_seed(0)
+    module = Attention(128)  # two heads of 64
+    nn.init.normal_(module.proj.weight, std=0.1)
+    x = torch.randn(3, 128, 8, 8)
+    expected = old_attention(module, x)
+    assert torch.equal(module(x), expected)  # CPU: the old path, bit for bit
+    if channels_last:
+        module, x = module.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
+    monkeypatch.setattr(unet_module, "fused_layout", lambda x: True)
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(*tensors, **kwargs):
+        seen.extend(tensors)
+        return sdpa(*tensors, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    out = module(x)
+    assert len(seen) == 3 and all(t.shape == (3, 2, 64, 64) and t.stride(-1) == 1 for t in seen)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+
+
+def dropout_task(rank: int, world: int, dropout: float) -> ScorePretraining:
+    p = PARAMS.pretrain.model_copy(update={"batch_size": 8, "batch_per_process": 2})
+    net = NetworkParams(channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[], dropout=dropout)
+    torch.manual_seed(0)
+    denoiser = build_denoiser(denoiser_config(net, 8, 1, 10, 0.5))
+    data = TrainingData(IdentityEncoder(), [{"x": torch.rand(64, 1, 8, 8) * 2 - 1}], torch.arange(64) % 10,
+                        torch.device("cpu"))
+    return ScorePretraining(denoiser, data, p, Runtime(torch.device("cpu"), CPU.compute, rank, world))
+
+
+def step_as(rank: int, world: int, dropout: float, monkeypatch) -> dict:
+    """One step of process `rank` of `world` (simulated: no process group, no DDP): its dropout masks, the
+    shared draws of the step and the RNG state after it."""
+    monkeypatch.setattr(Runtime, "prepare", lambda self, net: net)
+    task, masks, draws = dropout_task(rank, world, dropout), [], []
+    for module in task.networks["score"].modules():
+        if isinstance(module, nn.Dropout):
+            module.register_forward_hook(lambda m, args, out: masks.append((out == 0) & (args[0] != 0)))
+    init = task_module.Draws.__init__
+
+    def recorded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        draws.append(self)
+    monkeypatch.setattr(task_module.Draws, "__init__", recorded)
+    torch.manual_seed(1)
+    task.step()
+    return {"masks": masks, "draws": [t for d in draws for t in d._tensors], "rng": torch.get_rng_state()}
+
+
+def test_dropout_masks_differ_between_processes_and_the_shared_draws_do_not(monkeypatch):
+    rank0, rank1, again = (step_as(rank, 2, 0.5, monkeypatch) for rank in (0, 1, 1))
+    assert len(rank0["masks"]) == len(rank1["masks"]) > 0  # 2 passes x the dropout layers
+    assert all(m.any() for m in rank0["masks"])
+    assert not any(torch.equal(a, b) for a, b in zip(rank0["masks"], rank1["masks"]))
+    assert all(torch.equal(a, b) for a, b in zip(rank1["masks"], again["masks"]))  # reproducible
+    no_dropout = step_as(0, 2, 0.0, monkeypatch)
+    for run in (rank1, no_dropout):  # every process draws the shared numbers alike, dropout or not
+        assert len(run["draws"]) == len(rank0["draws"]) > 0
+        assert all(torch.equal(a, b) for a, b in zip(rank0["draws"], run["draws"]))
+        assert torch.equal(run["rng"], rank0["rng"])
+
+
+def test_one_process_draws_dropout_from_the_shared_stream(monkeypatch):
+    """As before: with one process nothing separates the streams, so single-process runs are unchanged."""
+    single = step_as(0, 1, 0.5, monkeypatch)
+    assert single["masks"] and not torch.equal(single["rng"], step_as(0, 1, 0.0, monkeypatch)["rng"])
+
+
+def test_numerics_are_in_the_checkpoint_fingerprint_and_processes_are_not(tmp_path):
+    bf16 = PARAMS.model_copy(update={"compute": PARAMS.compute.model_copy(update={"precision": "bf16"})})
+    two = PARAMS.model_copy(update={"compute": PARAMS.compute.model_copy(update={"processes": 2})})
+    _, config = score_net()
+    data = {"resolution": 8}
+    ids = {name: (stages.train.run_fingerprint(params, "dijs", config, data),
+                  stages.pretrain.run_fingerprint(params, data)) for name, params in
+           (("fp32", PARAMS), ("bf16", bf16), ("two", two))}
+    assert ids["fp32"] == ids["two"]
+    assert all(a != b for a, b in zip(ids["fp32"], ids["bf16"]))
+    task = one_step_task("diffratio", 8, None)
+    save_checkpoint(tmp_path / "ckpt", task, LoopState(images=8, steps=1), ids["fp32"][0])
+    assert load_checkpoint(tmp_path / "ckpt", task, ids["two"][0], CPU).images == 8
+    assert load_checkpoint(tmp_path / "ckpt", task, ids["bf16"][0], CPU) is None  # discarded, not resumed
+    assert not (tmp_path / "ckpt").exists()
+
+
+class Stop(Exception):
+    pass
+
+
+def test_scale_n1_is_the_sample_stage_generator_under_bf16(workdir, monkeypatch):
+    bf16 = Runtime(torch.device("cpu"), CPU.compute.model_copy(update={"precision": "bf16"}))
+    params = PARAMS.model_copy(update={
+        "compute": bf16.compute, "scale": PARAMS.scale.model_copy(update={"num_sets": 1}),
+        "evaluation": PARAMS.evaluation.model_copy(update={"set_size": 12})})
+    score, config = score_net()
+    with torch.no_grad():
+        score.backbone.conv_out.weight.normal_(std=0.3)  # a generator that is more than its skip connection
+    generator = OneStepGenerator(score, params.train.t_init).eval()
+    ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
+    info = generator_config(config, params.train.t_init)
+    monkeypatch.setattr(stages.scale, "load_encoder", lambda *a: None)
+    monkeypatch.setattr(stages.scale, "load_reference", lambda *a: type("Reference", (), {"info": {"primary": "x"}}))
+    monkeypatch.setattr(stages.scale, "load_generator", lambda *a: (generator, info))
+    monkeypatch.setattr(stages.scale, "load_ratio_net", lambda *a: (ratio, None))
+    picks, scaled_generate = [], stages.scale.scaled_generate
+
+    def first_n(*args):
+        picks.append(scaled_generate(*args)[0])
+        raise Stop  # N = 1 is all this test needs
+    monkeypatch.setattr(stages.scale, "scaled_generate", first_n)
+    with pytest.raises(Stop):
+        stages.scale.main(params, bf16)
+    # the sample stage's `generator` row: its batches, under the runtime's autocast
+    num, size = 12, params.sample.batch_size
+    with bf16.autocast():
+        rows = [generate_batch(generator, np.arange(start, min(num, start + size)), params.seed, (1, 8, 8), 10,
+                               bf16.device)[0] for start in range(0, num, size)]
+    expected = torch.cat(rows)
+    with torch.no_grad():
+        fp32 = generate_batch(generator, np.arange(num), params.seed, (1, 8, 8), 10, bf16.device)[0]
+    assert not torch.equal(expected, fp32)  # bf16 changes the samples: the comparison below can fail
+    assert torch.equal(picks[0], expected)
