@@ -169,6 +169,7 @@ def start(device_setting: str, compute: ComputeParams, distributed: bool) -> Run
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = compute.tf32
         torch.backends.cudnn.allow_tf32 = compute.tf32
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolution algorithms
         if distributed and world > 1:
             device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
             torch.cuda.set_device(device)

@@ -65,8 +65,7 @@ def fingerprint(*parts: object) -> str:
 @torch.no_grad()
 def update_ema(ema: nn.Module, net: nn.Module, batch_size: int, halflife_images: float) -> None:
     beta = 0.5 ** (batch_size / halflife_images) if halflife_images > 0 else 0.0
-    for p_ema, p_net in zip(ema.parameters(), net.parameters()):
-        p_ema.lerp_(p_net.detach(), 1 - beta)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1 - beta)  # one launch
     for b_ema, b_net in zip(ema.buffers(), net.buffers()):
         b_ema.copy_(b_net)
 
