@@ -119,3 +119,21 @@ def test_stages_run_from_a_published_teacher(name, workdir):
     with pytest.raises(PipelineError, match="works on 3x32"):
         for stage in (prepare, encode, pretrain):
             stage.main(parse_params(raw), CPU)
+
+
+@pytest.mark.parametrize("name", GOLDENS)
+def test_cuda_attention_layout_gives_the_same_outputs(name, monkeypatch):
+    """On CUDA the attention takes a fused kernel's layout; stood in for on the CPU, it matches the CPU path."""
+    from safetensors.torch import load_file
+
+    from pipeline.networks.published import edm2, edm_layers
+
+    net, config = convert_checkpoint(golden_dir() / f"{name}.pkl")
+    io = load_file(str(golden_dir() / f"{name}.io.safetensors"))
+    labels = io["class_labels"].argmax(1) if "class_labels" in io else None
+    with torch.no_grad():
+        cpu = net(io["x"], io["sigma"], labels)
+        for module in (edm_layers, edm2):
+            monkeypatch.setattr(module, "fused_layout", lambda x: True)
+        fused = net(io["x"], io["sigma"], labels)
+    assert ((fused - cpu).norm() / cpu.norm()).item() <= 1e-5

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.networks.unet import fused_layout
+
 __all__ = ["Init", "Linear", "GroupNorm", "ResampleConv", "UNetBlock", "PositionalEmbedding", "FourierEmbedding"]
 
 
@@ -181,7 +183,10 @@ class UNetBlock(nn.Module):
         n, c, h, w = x.shape
         # channel layout of qkv: (head, channel within head, q/k/v)
         q, k, v = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
-        a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (n * heads, hw, d)
+        if fused_layout(x):  # CUDA: the head dim contiguous, as the fused kernels need
+            q, k, v = (t.contiguous() for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v)
         return self.proj(a.transpose(1, 2).contiguous().view(n, c, h, w))  # keep NCHW memory order
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
