@@ -93,3 +93,17 @@ def test_atomic_path_leaves_nothing_on_failure(tmp_path):
             (tmp / "half-written").write_text("x")
             raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_device_is_synchronised_at_log_points_only(tmp_path, monkeypatch):
+    """No host-device sync per step: logged values stay on the device and the step time is taken per interval."""
+    from pipeline.training import loop as loop_module
+
+    syncs, steps = [], []
+    task = RegressionTask()
+    step = task.step
+    monkeypatch.setattr(task, "step", lambda: steps.append(1) or step())
+    monkeypatch.setattr(loop_module, "synchronize", lambda device: syncs.append(len(steps)))
+    state, _ = train(task, tmp_path / "ckpt")
+    assert syncs == [0, *range(5, 41, 5)]  # once before the first step, then at every log point (every 5 steps)
+    assert len(state.curves) == 8 and all(row["step_seconds"] > 0 for row in state.curves)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from pipeline.artifacts import atomic_path, read_json, write_json
 from pipeline.config import LoopParams
 from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime
-from pipeline.training.measure import StepTimer
+from pipeline.training.measure import synchronize
 
 
 class Task(Protocol):  # e.g. pipeline.training_task.TrainingTask
@@ -214,36 +215,50 @@ def _train(task: Task, loop: LoopParams, checkpoint_dir: Path, run_id: str, runt
         print(f"resuming {description} from its checkpoint at {state.images:,} images")
     next_log = state.images + loop.log_every_images
     next_checkpoint = state.images + loop.checkpoint_every_images
-    sums: dict[str, float] = {}
+    # Logged values stay on the device between log points (float64 sums: the same as summing Python floats), and
+    # the step time is the interval's wall time over its steps, so the device is synchronised at log points only.
+    sums: dict[str, torch.Tensor] = {}
+    skipped = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
+    synchronize(device)
+    interval_started, paused = time.perf_counter(), 0.0
     with progress_bar(runtime.main) as bar:
         bar_task = bar.add_task(description, total=loop.duration_images, completed=state.images, status="")
         while state.images < loop.duration_images:
             _set_lr(task, state.images, loop.lr_rampup_images)
-            with StepTimer(device) as timer:
-                logs = task.step()
-            state.skipped += int(logs.pop("skipped", 0))
-            logs["step_seconds"] = timer.seconds
+            logs = task.step()
+            skipped += torch.as_tensor(logs.pop("skipped", 0), dtype=torch.float64, device=device)
             state.images += loop.batch_size
             state.steps += 1
             for name, net in task.networks.items():
                 if name in task.ema:
                     update_ema(task.ema[name], net, loop.batch_size, loop.ema_halflife_images)
             for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                value = torch.as_tensor(value, device=device).detach().double()
+                sums[key] = sums[key] + value if key in sums else value
             count += 1
             if state.images >= next_log or state.images >= loop.duration_images:
-                means = _mean_over_processes({k: v / count for k, v in sums.items()}, runtime)
+                synchronize(device)
+                step_seconds = (time.perf_counter() - interval_started - paused) / count
+                state.skipped += int(skipped)
+                skipped.zero_()
+                means = {k: v.item() / count for k, v in sums.items()}
+                means = _mean_over_processes({**means, "step_seconds": step_seconds}, runtime)
                 row = {"images": state.images, "step": state.steps, **means, "skipped_steps": state.skipped}
                 state.curves.append(row)
                 sums, count = {}, 0
                 next_log += loop.log_every_images
                 status = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("images", "step"))
                 bar.update(bar_task, status=status)
+                interval_started, paused = time.perf_counter(), 0.0
             if state.images >= next_checkpoint and state.images < loop.duration_images:
+                saving = time.perf_counter()
+                state.skipped += int(skipped)
+                skipped.zero_()
                 if runtime.main:
                     save_checkpoint(checkpoint_dir, task, state, run_id)
                 next_checkpoint += loop.checkpoint_every_images
+                paused += time.perf_counter() - saving  # not part of any step's time
             bar.update(bar_task, completed=min(state.images, loop.duration_images))
     if runtime.main:
         on_finish(state)
