@@ -21,6 +21,14 @@ def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
     return sigma_data**2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), sigma.log() / 4
 
 
+def per_sample(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a float32 tensor of one value per sample of x, on x's device. A Python number is filled on the
+    device (no copy from the host, which would synchronise on CUDA at every call)."""
+    if isinstance(sigma, torch.Tensor):
+        return sigma.to(device=x.device, dtype=torch.float32).reshape(-1).expand(x.shape[0])
+    return torch.full((x.shape[0],), float(sigma), dtype=torch.float32, device=x.device)
+
+
 def loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
@@ -34,7 +42,7 @@ class Denoiser(nn.Module):
         self.sigma_data = sigma_data
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None = None) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0]).view(-1, 1, 1, 1)
+        sigma = per_sample(sigma, x).view(-1, 1, 1, 1)
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         f = self.backbone(c_in * x, c_noise.flatten(), labels)
         return c_skip * x + c_out * f.float()
@@ -57,5 +65,5 @@ def edm_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None,
 
 
 def score(denoiser: nn.Module, x: torch.Tensor, sigma: torch.Tensor | float, labels=None) -> torch.Tensor:
-    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0]).view(-1, 1, 1, 1)
+    sigma = per_sample(sigma, x).view(-1, 1, 1, 1)
     return (denoiser(x, sigma.flatten(), labels) - x) / sigma**2

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from pipeline.artifacts import load_module
 from pipeline.config import NetworkParams
-from pipeline.networks.preconditioning import Denoiser, edm_coefficients
+from pipeline.networks.preconditioning import Denoiser, edm_coefficients, per_sample
 from pipeline.networks.published.convert import PUBLISHED, build_published
 from pipeline.networks.published.edm2 import MPConv, mp_silu
 from pipeline.networks.unet import UNetEncoder
@@ -63,7 +63,7 @@ class RatioNet(nn.Module):
             nn.init.zeros_(self.projection.weight)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).expand(x.shape[0])
+        sigma = per_sample(sigma, x)
         h = self.encoder.encoder_features(x, sigma, labels)
         h = (mp_silu(h) if self.magnitude_preserving else F.silu(h)).mean(dim=(2, 3)).float()
         with torch.autocast(x.device.type, enabled=False):  # the logit in fp32, also under bf16 autocast

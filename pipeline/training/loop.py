@@ -84,7 +84,9 @@ def _load_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict[str, to
     for key, value in tensors.items():
         if key.startswith(prefix):
             pid, entry = key[len(prefix):].split("/", 1)
-            state.setdefault(int(pid), {})[entry] = value
+            # Adam's step counts live on the CPU (torch moves them to the device itself where fused or capturable
+            # needs them): a device-resident count would cost one host sync per parameter per step
+            state.setdefault(int(pid), {})[entry] = value.cpu() if entry == "step" else value
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 

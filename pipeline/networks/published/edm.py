@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.networks.preconditioning import per_sample
 from pipeline.networks.published.edm_layers import (
     FourierEmbedding,
     GroupNorm,
@@ -347,7 +348,7 @@ class _Precond(nn.Module):
 
     def _inputs(self, x: torch.Tensor, sigma: torch.Tensor | float, labels: torch.Tensor | None):
         x = x.to(torch.float32)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1).expand(x.shape[0])
+        sigma = per_sample(sigma, x)
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         return x, c_skip, c_out, c_in * x, c_noise, self._one_hot(labels)
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.networks.preconditioning import per_sample
 from pipeline.networks.published.mp_layers import MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize, resample
 from pipeline.networks.unet import fused_layout
 
@@ -232,8 +233,7 @@ class Precond(nn.Module):
         return c_skip, c_out, c_in, c_noise
 
     def _sigma(self, sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
-        return sigma.expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        return per_sample(sigma, x)
 
     def _one_hot(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         if self.label_dim == 0 or labels is None:
