@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from cleanfid.fid import kernel_distance
+from cleanfid.resize import build_resizer
 from prdc import compute_prdc
 
 from pipeline.config import ReferenceParams, parse_params
@@ -239,4 +240,7 @@ def test_inception_modes_resize_outside_or_inside_the_net():
     clean = extractors.Extractor("inception", None, CPU, "clean")._prepare(images)
     legacy = extractors.Extractor("inception", None, CPU, "legacy_tensorflow")._prepare(images)
     assert clean.shape == (2, 3, 299, 299) and legacy.shape == (2, 3, 32, 32)
+    resize = build_resizer("clean")  # the threads resize each image exactly as one loop does, in order
+    serial = np.stack([resize(img) for img in np.repeat(images, 3, axis=-1)])
+    assert np.array_equal(clean.permute(0, 2, 3, 1).numpy(), serial.astype(np.float32))
     assert legacy.dtype == torch.float32 and torch.equal(legacy[:, 1], torch.from_numpy(images[..., 0]).float())
