@@ -65,11 +65,11 @@ class Interrupted(Exception):
     pass
 
 
-def make_task(method, fail_at_step=None):
+def make_task(method, fail_at_step=None, **train_changes):
     score, config = score_net()
     train = PARAMS.train.model_copy(update={"batch_size": 8, "duration_images": 8 * 6, "log_every_images": 16,
                                             "checkpoint_every_images": 24, "diagnostic_samples": 4,
-                                            "diagnostic_levels": 2})
+                                            "diagnostic_levels": 2, **train_changes})
     generator = OneStepGenerator(copy.deepcopy(score), train.t_init).requires_grad_(True)
     torch.manual_seed(1)
     data = TrainingData(IdentityEncoder(), [{"x": torch.rand(32, 1, 8, 8) * 2 - 1}], torch.arange(32) % 10,

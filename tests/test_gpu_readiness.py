@@ -2,7 +2,6 @@
 kernels take, per-process dropout masks, the numerics in the checkpoint fingerprint, and the scale stage's
 generator under the sample stage's autocast."""
 
-import copy
 import math
 
 import numpy as np
@@ -25,30 +24,19 @@ from pipeline.networks.ratio_net import build_ratio_net, init_from_score, ratio_
 from pipeline.networks.unet import Attention
 from pipeline.runtime import Runtime
 from pipeline.training import task as task_module
-from pipeline.training.diffratio import DiffRatioTraining
-from pipeline.training.divergences import DIVERGENCES
 from pipeline.training.loop import LoopState, load_checkpoint, save_checkpoint
 from pipeline.training.pretraining import ScorePretraining
-from pipeline.training.vsd import VSDTraining
 from tests.conftest import CPU
-from tests.test_diffratio_training import PARAMS, score_net
+from tests.test_diffratio_training import PARAMS, make_task, score_net
 
 
 def one_step_task(method: str, batch_size: int, batch_per_process: int | None):
-    score, config = score_net()
-    train = PARAMS.train.model_copy(update={"batch_size": batch_size, "batch_per_process": batch_per_process,
-                                            "diagnostic_samples": 10, "diagnostic_levels": 3})
-    generator = OneStepGenerator(copy.deepcopy(score), train.t_init).requires_grad_(True)
-    torch.manual_seed(1)
-    data = TrainingData(IdentityEncoder(), [{"x": torch.rand(32, 1, 8, 8) * 2 - 1}], torch.arange(32) % 10,
-                        torch.device("cpu"))
+    task, _, _ = make_task(method, batch_size=batch_size, batch_per_process=batch_per_process, diagnostic_samples=10,
+                           diagnostic_levels=3)
+    auxiliary = task.networks[task.auxiliary]
     if method == "diffratio":
-        auxiliary = init_from_score(build_ratio_net(ratio_config(config)), score)
-        task = DiffRatioTraining(generator, auxiliary, data, train, DIVERGENCES["dijs"], True, CPU)
         weights = (auxiliary.head.weight, auxiliary.projection.weight)
     else:
-        auxiliary = copy.deepcopy(score).requires_grad_(True)
-        task = VSDTraining(generator, auxiliary, score, data, train, True, CPU)
         weights = (auxiliary.backbone.conv_out.weight,)
     with torch.no_grad():  # a trained-looking auxiliary net: nonzero logits and updates
         for k, weight in enumerate(weights):
