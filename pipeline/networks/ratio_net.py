@@ -57,10 +57,9 @@ class RatioNet(nn.Module):
         num_classes, width = score_config["num_classes"], self.encoder.encoder_channels
         self.head = MPHead(width) if self.magnitude_preserving else nn.Linear(width, 1)
         self.projection = nn.Embedding(num_classes, width) if num_classes else None
-        if not self.magnitude_preserving:
-            nn.init.zeros_(self.head.weight), nn.init.zeros_(self.head.bias)
-        if self.projection is not None:
-            nn.init.zeros_(self.projection.weight)
+        zeroed = [] if self.magnitude_preserving else [self.head.weight, self.head.bias]  # MP: its gain is zero
+        for p in zeroed + ([self.projection.weight] if self.projection is not None else []):
+            nn.init.zeros_(p)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         sigma = per_sample(sigma, x)
