@@ -29,3 +29,17 @@ def workdir(tmp_path, monkeypatch) -> Path:
 
 def copy_params(dest: Path) -> None:
     shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory) -> Path:
+    """A tiny SD-VAE-shaped AutoencoderKL (3 -> 4 channels, 2x down) saved as a folder, like a downloaded one."""
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                                  down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+                                  block_out_channels=(8, 16), norm_num_groups=4, sample_size=16)
+    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
+    vae.save_pretrained(path)  # the same folder layout as a downloaded stabilityai/sd-vae-ft-mse
+    return path

@@ -56,19 +56,6 @@ def test_identity_round_trip_is_exact():
     assert torch.equal(x, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
 
 
-@pytest.fixture(scope="module")
-def tiny_vae_dir(tmp_path_factory):
-    diffusers = pytest.importorskip("diffusers")
-    torch.manual_seed(0)
-    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-                                  down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                                  up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-                                  block_out_channels=(8, 16), norm_num_groups=4, sample_size=16)
-    path = tmp_path_factory.mktemp("vae") / "tiny-vae"
-    vae.save_pretrained(path)  # the same folder layout as a downloaded stabilityai/sd-vae-ft-mse
-    return path
-
-
 def test_vae_encode_store_whiten_decode(tiny_vae_dir, tmp_path):
     images = random_images(n=40)
     labels = np.arange(40) % 4

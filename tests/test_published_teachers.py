@@ -1,6 +1,6 @@
 """Stage 2 from published teachers: every golden teacher converts, trains a one-step generator with DiffRatio
-and with the VSD baseline, and round-trips as an artifact; for EDM's CIFAR-10 teachers the stages themselves
-(teacher, pretrain, train, sample, fid) run on data shaped like theirs."""
+and with the VSD baseline, and round-trips as an artifact; for EDM's CIFAR-10 teachers and EDM2-XS the stages
+themselves (teacher, pretrain, train, sample, fid) run on data shaped like theirs."""
 
 import copy
 import json
@@ -85,15 +85,21 @@ def test_teacher_and_data_must_match():
     check_data_matches(edm2_config, {**latents, "whitening": "edm2"}, class_conditional=True)
 
 
+# the goldens whose data the stages can make here: CIFAR-10-shaped pixels, and 4x64x64 latents of 128 px images
+# through a tiny SD-VAE (EDM2-XS, unconditional); the 1000-class ADM and EDM2-S run at the task level above
+STAGE_GOLDENS = ["edm-cifar10-32x32-cond-vp", "edm-cifar10-32x32-uncond-ve", "edm2-img512-xs-uncond"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["edm-cifar10-32x32-cond-vp", "edm-cifar10-32x32-uncond-ve"])
-def test_stages_run_from_a_published_teacher(name, workdir):
+@pytest.mark.parametrize("name", STAGE_GOLDENS)
+def test_stages_run_from_a_published_teacher(name, workdir, tiny_vae_dir):
     (workdir / "teachers").mkdir()
     (workdir / "teachers" / f"{name}.pkl").symlink_to(golden_dir() / f"{name}.pkl")
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    conditional = "-cond-" in name
+    conditional, latent = "-cond-" in name, name.startswith("edm2")
     changes = {
-        "prepare": {"source": "synthetic", "resolution": 32, "max_images": 240, "holdout": 80},
+        "prepare": {"source": "synthetic", "resolution": 128 if latent else 32, "max_images": 240, "holdout": 80},
+        "encode": {"encoder": "sd-vae", "vae": str(tiny_vae_dir), "whitening": "edm2"} if latent else {},
         "teacher": {"source": "checkpoint", "checkpoint": f"{name}.pkl"},
         "pretrain": {"class_conditional": conditional},
         "reference": {"epochs": 2, "features": "hybrid" if conditional else "autoencoder"},
@@ -109,14 +115,14 @@ def test_stages_run_from_a_published_teacher(name, workdir):
     for stage in (prepare, encode, reference, teacher, pretrain, train, sample, fid):
         stage.main(params, CPU)
     info = json.loads((workdir / "data/teacher/teacher.json").read_text())
-    assert info["checkpoint"] == f"{name}.pkl" and info["class"] in ("VPPrecond", "VEPrecond")
+    assert info["checkpoint"] == f"{name}.pkl" and info["class"] in ("VPPrecond", "VEPrecond", "Precond")
     assert json.loads((workdir / "metrics/pretrain.json").read_text())["steps"] == 0  # nothing pretrained
     rows = json.loads((workdir / "metrics/fid.json").read_text())
     for row in ("teacher", "generator", "generator_init"):
         assert rows[row]["nfe"] >= 1 and rows[row][rows["primary"]]["fd"] >= 0
-    # a teacher whose shape the data does not have is refused before anything is trained
-    raw["prepare"]["resolution"] = 16
-    with pytest.raises(PipelineError, match="works on 3x32"):
+    # data the teacher was not trained on is refused before anything is trained
+    raw["prepare"]["resolution"] //= 2
+    with pytest.raises(PipelineError, match="works on"):
         for stage in (prepare, encode, pretrain):
             stage.main(parse_params(raw), CPU)
 
