@@ -42,10 +42,7 @@ def use_published(params: Params, data_config: dict, runtime: Runtime) -> None:
 
 
 def run_fingerprint(params: Params, data_config: dict) -> str:
-    """What defines the run, the numerics included (a checkpoint resumes only on equality); not
-    compute.processes, which does not change the result."""
-    return fingerprint(params.seed, params.pretrain.model_dump(), data_config,
-                       params.compute.model_dump(exclude={"processes"}))
+    return fingerprint(params.seed, params.pretrain.model_dump(), data_config, compute=params.compute)
 
 
 def main(params: Params, runtime: Runtime) -> None:

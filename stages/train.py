@@ -29,10 +29,8 @@ CURVES, LEVELS, METRICS = "metrics/train_curves.csv", "metrics/train_noise_level
 
 
 def run_fingerprint(params: Params, divergence: str, score_config: dict, data_config: dict) -> str:
-    """What defines the run, the numerics included (a checkpoint resumes only on equality); not
-    compute.processes, which does not change the result."""
     return fingerprint(params.method, divergence, params.train.model_dump(), score_config, data_config,
-                       params.compute.model_dump(exclude={"processes"}))
+                       compute=params.compute)
 
 
 def main(params: Params, runtime: Runtime) -> None:

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipeline.artifacts import atomic_path, read_json, write_json
-from pipeline.config import LoopParams
+from pipeline.config import ComputeParams, LoopParams
 from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime
 from pipeline.training.measure import synchronize
@@ -57,9 +57,11 @@ class LoopState:
     curves: list[dict] = field(default_factory=list)
 
 
-def fingerprint(*parts: object) -> str:
-    """A short hash of everything that defines a run (params, input artifacts): resume only on equality."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+def fingerprint(*parts: object, compute: ComputeParams) -> str:
+    """A short hash of everything that defines a run (params, input artifacts, and the numerics settings of
+    `compute`: precision, TF32, layout, compile; not the process count, which does not change the result):
+    resume only on equality."""
+    blob = json.dumps([*parts, compute.model_dump(exclude={"processes"})], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
