@@ -16,7 +16,7 @@ from pipeline.runtime import Runtime
 from pipeline.stage import run_stage
 from stages import encode as encode_stage
 from stages import prepare as prepare_stage
-from tests.test_encoders import COMPUTE, CPU, HELD, prepared, random_images, tiny_vae_dir  # noqa: F401 (fixture)
+from tests.test_encoders import COMPUTE, CPU, HELD, prepared, random_images
 
 
 class Group:
