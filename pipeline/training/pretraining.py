@@ -10,14 +10,14 @@ from pipeline.config import PretrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.preconditioning import Denoiser, edm_loss
 from pipeline.runtime import Runtime
-from pipeline.training.task import Draws, TrainingTask
+from pipeline.training.task import Draws, TrainingTask, adam
 
 
 class ScorePretraining(TrainingTask):
     def __init__(self, denoiser: Denoiser, data: TrainingData, p: PretrainParams, runtime: Runtime):
         self.data, self.p = data, p
         super().__init__({"score": denoiser.train()}, {"score": copy.deepcopy(denoiser).eval().requires_grad_(False)},
-                         {"score": torch.optim.Adam(denoiser.parameters(), lr=p.lr, betas=(0.9, 0.999), eps=1e-8)},
+                         {"score": adam(denoiser.parameters(), p.lr, (0.9, 0.999), runtime.device)},
                          p, runtime)
 
     def loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

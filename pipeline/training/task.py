@@ -110,7 +110,27 @@ class ProcessStream:
 
 
 def gradient_norm(module: nn.Module) -> torch.Tensor:
-    return torch.sqrt(sum(p.grad.pow(2).sum() for p in module.parameters() if p.grad is not None))
+    """The global L2 norm of the gradients, in a few multi-tensor kernels (no per-parameter loop)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
+    """Adam with CUDA's fused kernel; elsewhere the foreach one (on the CPU the same numbers as the plain loop)."""
+    cuda = device.type == "cuda"
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=cuda or None, foreach=None if cuda else True)
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """optimizer.step() where `finite` (a 0-d bool tensor) is true; otherwise nothing changes, step counts included.
+    The fused kernel takes the flag on the device (the mechanism of torch's GradScaler), so a CUDA step never
+    waits for the host; the other implementations branch on it."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).float()
+        optimizer.step()
+        del optimizer.found_inf
+    elif finite:
+        optimizer.step()
 
 
 class TrainingTask:
@@ -153,13 +173,13 @@ class TrainingTask:
                 for key, v in pass_logs.items():
                     logs[key] = logs.get(key, 0) + v.detach().float() / len(self.passes)
         norm = gradient_norm(self.networks[name])
-        if torch.isfinite(norm):
-            optimizer.step()
-            renormalize_weights(self.networks[name])  # EDM2's forced weight normalisation (other nets: no-op)
-            logs["skipped"] = torch.zeros(())
-        else:
-            optimizer.zero_grad(set_to_none=True)
-            logs["skipped"] = torch.ones(())
+        finite = torch.isfinite(norm)
+        guarded_step(optimizer, finite)
+        # EDM2's forced weight normalisation (other nets: no-op); after a skipped step it leaves the weights as they
+        # were up to rounding (they were normalised after the last update)
+        renormalize_weights(self.networks[name])
+        optimizer.zero_grad(set_to_none=True)
+        logs["skipped"] = (~finite).float()
         return logs, norm
 
     def _sync(self, name: str, last: bool) -> contextlib.AbstractContextManager:
