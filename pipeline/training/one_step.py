@@ -20,7 +20,7 @@ from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.runtime import Runtime
 from pipeline.training.noise_levels import sample_noise_levels
-from pipeline.training.task import Draws, TrainingTask
+from pipeline.training.task import Draws, TrainingTask, adam
 
 
 class OneStepTraining(TrainingTask, ABC):
@@ -44,7 +44,7 @@ class OneStepTraining(TrainingTask, ABC):
     def generate(self, labels: torch.Tensor | None, draws: Draws, generator: nn.Module | None = None) -> torch.Tensor:
         """G(z, labels) for fresh z, through `generator` (default: the weights, e.g. without gradients)."""
         z = draws.randn(*self.data.sample_shape)
-        return (generator or self.networks["generator"])(z, labels)
+        return (self.networks["generator"] if generator is None else generator)(z, labels)
 
     @abstractmethod
     def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -101,9 +101,3 @@ class OneStepTraining(TrainingTask, ABC):
         generator_logs, norm = self.update("generator", self.generator_step_loss)
         skipped += generator_logs.pop("skipped")
         return {**logs, **generator_logs, "grad_norm": norm, "skipped": skipped}
-
-
-def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
-    """Adam with CUDA's fused kernel; elsewhere the foreach one (on the CPU the same numbers as the plain loop)."""
-    cuda = device.type == "cuda"
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=cuda or None, foreach=None if cuda else True)
