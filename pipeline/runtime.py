@@ -157,6 +157,13 @@ def _check_world(compute: ComputeParams) -> None:
                             f"--nproc-per-node {compute.processes}`, or set compute.processes")
 
 
+def cuda_placement(local_rank: int, local_world: int, gpus: int) -> tuple[torch.device, str]:
+    """A process's GPU and the process group's backend: one process per GPU over NCCL; more processes than GPUs
+    share them round-robin over gloo (NCCL refuses two ranks on one GPU), e.g. two ranks against one on a
+    single GPU to check that results do not depend on the number of processes."""
+    return torch.device("cuda", local_rank % gpus), "nccl" if local_world <= gpus else "gloo"
+
+
 def start(device_setting: str, compute: ComputeParams, distributed: bool) -> Runtime:
     """The Runtime of this process. A distributed stage ends with its launcher, checks that torchrun started
     compute.processes processes per node and joins the process group of all of them."""
@@ -166,16 +173,17 @@ def start(device_setting: str, compute: ComputeParams, distributed: bool) -> Run
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = pick_device(device_setting)
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
+    backend = "gloo"
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = compute.tf32
         torch.backends.cudnn.allow_tf32 = compute.tf32
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolution algorithms
         if distributed and world > 1:
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            device, backend = cuda_placement(int(os.environ["LOCAL_RANK"]), local_world, torch.cuda.device_count())
             torch.cuda.set_device(device)
     if distributed and world > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
         return Runtime(device, compute, rank, world)
     return Runtime(device, compute)
 
