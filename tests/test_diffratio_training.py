@@ -65,7 +65,7 @@ class Interrupted(Exception):
     pass
 
 
-def make_task(method, fail_at_step=None, **train_changes):
+def make_task(method, fail_at_step=None, runtime=CPU, **train_changes):
     score, config = score_net()
     train = PARAMS.train.model_copy(update={"batch_size": 8, "duration_images": 8 * 6, "log_every_images": 16,
                                             "checkpoint_every_images": 24, "diagnostic_samples": 4,
@@ -76,10 +76,10 @@ def make_task(method, fail_at_step=None, **train_changes):
                         torch.device("cpu"))
     if method == "diffratio":
         ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
-        task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True, runtime=CPU)
+        task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True, runtime=runtime)
     else:
         task = VSDTraining(generator, copy.deepcopy(score).requires_grad_(True), score, data, train, conditional=True,
-                           runtime=CPU)
+                           runtime=runtime)
     step, calls = task.step, []
 
     def counted():

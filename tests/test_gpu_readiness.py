@@ -1,6 +1,6 @@
 """What the paper-scale runs need, checked on the CPU: diagnostics in bounded chunks, attention inputs the fused
-kernels take, per-process dropout masks, the numerics in the checkpoint fingerprint, and the scale stage's
-generator under the sample stage's autocast."""
+kernels take, per-process dropout masks, the numerics in the checkpoint fingerprint, the scale stage's
+generator under the sample stage's autocast, GPU sharing, and the sync-free guarded optimiser step."""
 
 import math
 
@@ -18,14 +18,17 @@ from pipeline.datasets.encoders import IdentityEncoder
 from pipeline.datasets.training_data import TrainingData
 from pipeline.generation.sampling import generate_batch
 from pipeline.networks import unet as unet_module
+from pipeline.networks.published import edm_layers, mp_layers
+from pipeline.networks.published.edm_layers import UNetBlock
 from pipeline.networks.generator import OneStepGenerator, generator_config
 from pipeline.networks.models import build_denoiser, denoiser_config
 from pipeline.networks.ratio_net import build_ratio_net, init_from_score, ratio_config
 from pipeline.networks.unet import Attention
-from pipeline.runtime import Runtime
+from pipeline.runtime import Runtime, cuda_placement
 from pipeline.training import task as task_module
 from pipeline.training.loop import LoopState, load_checkpoint, save_checkpoint
 from pipeline.training.pretraining import ScorePretraining
+from pipeline.training.task import gradient_norm, guarded_step
 from tests.conftest import CPU
 from tests.test_diffratio_training import PARAMS, make_task, score_net
 
@@ -201,3 +204,83 @@ def test_scale_n1_is_the_sample_stage_generator_under_bf16(workdir, monkeypatch)
         fp32 = generate_batch(generator, np.arange(num), params.seed, (1, 8, 8), 10, bf16.device)[0]
     assert not torch.equal(expected, fp32)  # bf16 changes the samples: the comparison below can fail
     assert torch.equal(picks[0], expected)
+
+
+def test_processes_share_gpus_over_gloo_only_when_they_outnumber_them():
+    assert cuda_placement(1, 2, 2) == (torch.device("cuda", 1), "nccl")
+    assert cuda_placement(1, 2, 1) == (torch.device("cuda", 0), "gloo")
+    assert cuda_placement(3, 4, 2) == (torch.device("cuda", 1), "gloo")
+
+
+def test_gradient_norm_is_the_global_l2_norm():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    net(torch.randn(5, 3)).pow(2).sum().backward()
+    expected = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in net.parameters()))
+    assert gradient_norm(net).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_guarded_step_skips_a_non_finite_update_entirely(fused):
+    """The fused kernel (CUDA's) skips on a device flag; the others branch. Either way a skipped step leaves the
+    weights, the moments and the step counts as they were, and a finite one is an ordinary Adam step."""
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1, fused=fused or None, foreach=None if fused else True)
+    reference = torch.optim.Adam([p.detach().clone().requires_grad_() for p in net.parameters()], lr=0.1)
+    for finite in (True, False, True):
+        grads = [torch.randn_like(p) for p in net.parameters()]
+        if not finite:
+            grads[0][0, 0] = float("nan")
+        for p, q, g in zip(net.parameters(), reference.param_groups[0]["params"], grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        before = [p.detach().clone() for p in net.parameters()]
+        guarded_step(optimizer, torch.isfinite(torch.stack([g.sum() for g in grads]).sum()))
+        if finite:
+            reference.step()
+            for p, q in zip(net.parameters(), reference.param_groups[0]["params"]):
+                torch.testing.assert_close(p.detach(), q.detach())
+        else:
+            assert all(torch.equal(p.detach(), b) for p, b in zip(net.parameters(), before))
+    assert all(float(state["step"]) == 2 for state in optimizer.state.values())
+
+
+@pytest.mark.parametrize("method", ["diffratio", "vsd"])
+def test_a_step_runs_with_compiled_networks(monkeypatch, method):
+    """compute.compile wraps the trained networks in torch.compile (its eager backend here, for speed); a step must
+    use the wrapper as a module (it has no truth value: `wrapper or default` raises)."""
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: compile_(module, backend="eager"))
+    runtime = Runtime(torch.device("cpu"), CPU.compute.model_copy(update={"compile": True}))
+    task, _, _ = make_task(method, runtime=runtime)
+    assert all(isinstance(run, torch._dynamo.eval_frame.OptimizedModule) for run in task.run.values())
+    logs = task.step()
+    assert all(torch.isfinite(torch.as_tensor(v)).all() for v in logs.values())
+
+
+def test_edm_attention_hands_fused_kernels_four_dims_and_a_contiguous_head_dim(monkeypatch):
+    """PyTorch's fused SDPA kernels take only (batch, heads, tokens, head dim) inputs; the published EDM block
+    gives them that on CUDA (stood in for here) and the same output as the CPU path."""
+    torch.manual_seed(0)
+    block = UNetBlock(64, 64, 32, attention=True, num_heads=2)
+    for p in block.parameters():
+        nn.init.normal_(p, std=0.1)
+    x, emb = torch.randn(3, 64, 8, 8), torch.randn(3, 32)
+    expected = block(x, emb)
+    monkeypatch.setattr(edm_layers, "fused_layout", lambda x: True)
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(*tensors, **kwargs):
+        seen.extend(tensors)
+        return sdpa(*tensors, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    out = block(x, emb)
+    assert len(seen) == 3 and all(t.shape == (3, 2, 64, 32) and t.stride(-1) == 1 for t in seen)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_edm2_resampling_filter_is_made_once_per_device_and_dtype():
+    """A filter built from a Python list in every forward pass is a host-to-device copy that makes the host wait."""
+    x = torch.randn(2, 4, 8, 8)
+    first, second = mp_layers._resample_kernel([1, 1], x), mp_layers._resample_kernel((1.0, 1.0), x)
+    assert first.data_ptr() == second.data_ptr()
+    torch.testing.assert_close(mp_layers.resample(x, "down"), F.avg_pool2d(x, 2))

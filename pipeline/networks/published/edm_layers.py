@@ -182,11 +182,14 @@ class UNetBlock(nn.Module):
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         # channel layout of qkv: (head, channel within head, q/k/v)
-        q, k, v = self.qkv(self.norm2(x)).reshape(n * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (n * heads, hw, d)
-        if fused_layout(x):  # CUDA: the head dim contiguous, as the fused kernels need
-            q, k, v = (t.contiguous() for t in (q, k, v))
-        a = F.scaled_dot_product_attention(q, k, v)
+        qkv = self.qkv(self.norm2(x))
+        if fused_layout(x):  # CUDA: (n, heads, hw, d) with the head dim contiguous: the fused kernels take only that
+            qkv = qkv.reshape(n, self.num_heads, c // self.num_heads, 3, h * w)
+            q, k, v = (t.transpose(2, 3).contiguous() for t in qkv.unbind(3))
+            a = F.scaled_dot_product_attention(q, k, v).transpose(2, 3)
+            return self.proj(a.contiguous().view(n, c, h, w))
+        q, k, v = qkv.reshape(n * self.num_heads, c // self.num_heads, 3, h * w).unbind(2)
+        a = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))  # (n * heads, hw, d)
         return self.proj(a.transpose(1, 2).contiguous().view(n, c, h, w))  # keep NCHW memory order
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

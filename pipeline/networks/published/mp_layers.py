@@ -15,6 +15,7 @@ normalisation layers: each operation below maps unit-RMS, uncorrelated inputs to
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -36,13 +37,20 @@ def normalize(x: torch.Tensor, dim: int | Sequence[int] | None = None, eps: floa
     return x / rms.to(x.dtype)
 
 
-def _resample_kernel(taps: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """The separable 2-D filter outer(f, f) / sum(f)^2, one copy per channel (depthwise), like `like`."""
+@functools.cache
+def _filter(taps: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """outer(f, f) / sum(f)^2 on `device`, made once: a copy from host memory in every forward pass would make
+    the host wait for the GPU."""
     f = torch.tensor(taps, dtype=torch.float32)
     if f.ndim != 1 or len(f) % 2:
         raise ValueError(f"resampling filter must be 1-D of even length, got {list(taps)}")
     f = f / f.sum()
-    kernel = torch.outer(f, f).to(dtype=like.dtype, device=like.device)
+    return torch.outer(f, f).to(dtype=dtype, device=device)
+
+
+def _resample_kernel(taps: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """The separable 2-D filter, one copy per channel (depthwise), like `like`."""
+    kernel = _filter(tuple(float(t) for t in taps), like.dtype, like.device)
     return kernel.expand(like.shape[1], 1, *kernel.shape)
 
 
