@@ -18,10 +18,10 @@ from pipeline.datasets.encoders import IdentityEncoder
 from pipeline.datasets.training_data import TrainingData
 from pipeline.generation.sampling import generate_batch
 from pipeline.networks import unet as unet_module
-from pipeline.networks.published import edm_layers, mp_layers
-from pipeline.networks.published.edm_layers import UNetBlock
 from pipeline.networks.generator import OneStepGenerator, generator_config
 from pipeline.networks.models import build_denoiser, denoiser_config
+from pipeline.networks.published import edm_layers, mp_layers
+from pipeline.networks.published.edm_layers import UNetBlock
 from pipeline.networks.ratio_net import build_ratio_net, init_from_score, ratio_config
 from pipeline.networks.unet import Attention
 from pipeline.runtime import Runtime, cuda_placement
