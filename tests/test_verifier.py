@@ -78,19 +78,19 @@ def run_fit(losses, max_steps=100, every=1, patience=2):
 
 def test_early_stopping_stops_early_and_returns_the_best_weights():
     net, fit = run_fit(lambda w: (w - 3) ** 2)
-    assert float(net.w) == 3 and fit["best_step"] == 3
+    assert float(net.w.detach()) == 3 and fit["best_step"] == 3
     assert fit["steps"] == 5  # two validations without a new best, far before max_steps
     assert [row["step"] for row in fit["curve"]] == [0, 1, 2, 3, 4, 5]
     net, fit = run_fit(lambda w: (w - 5) ** 2, every=2, patience=3)
-    assert float(net.w) == 4 and fit["best_step"] == 4 and fit["steps"] == 10
+    assert float(net.w.detach()) == 4 and fit["best_step"] == 4 and fit["steps"] == 10
     assert [row["step"] for row in fit["curve"]] == [0, 2, 4, 6, 8, 10]
 
 
 def test_early_stopping_keeps_the_starting_weights_when_nothing_improves():
     net, fit = run_fit(lambda w: w)
-    assert float(net.w) == 0 and fit["best_step"] == 0 and fit["steps"] == 2
+    assert float(net.w.detach()) == 0 and fit["best_step"] == 0 and fit["steps"] == 2
     net, fit = run_fit(lambda w: -w, max_steps=7, every=3)  # the last update is validated too
-    assert float(net.w) == 7 and [row["step"] for row in fit["curve"]] == [0, 3, 6, 7]
+    assert float(net.w.detach()) == 7 and [row["step"] for row in fit["curve"]] == [0, 3, 6, 7]
 
 
 def test_held_out_parts_are_disjoint_and_class_balanced():

@@ -143,6 +143,7 @@ def fit_verifier(ratio: RatioNet, generator, data: TrainingData, parts: dict[str
 
     ratio.eval().requires_grad_(False)
     report = {"test": {"trained": test_report(Calibration())}}
+    # the shared guarded, accumulated update (p carries the loop's batch_size and batch_per_process); no EMA
     task = TrainingTask({"ratio": ratio}, {}, {"ratio": adam(ratio.parameters(), p.lr, p.betas, device)}, p, runtime)
 
     def loss(draws):
