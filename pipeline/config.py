@@ -243,7 +243,7 @@ class ScaleParams(Section):
     num_sets: int = Field(ge=1)  # disjoint candidate sets of evaluation.set_size outputs, scored per N
     num_candidates: list[int] = Field(min_length=1)  # the values of N to evaluate, 1 first
     tau: float = Field(ge=0)  # resampling temperature: 1 = importance resampling toward p, 0 = best-of-N
-    sigma_eval: float = Field(gt=0)  # the noise level the ratio net scores candidates at
+    verifier: Literal["fitted", "trained"]  # the verifier stage's calibrated ratio net | the ratio net as trained
     batch_size: int = Field(ge=1)  # outputs per batch (each batch evaluates N candidates per output)
 
     @model_validator(mode="after")
@@ -252,6 +252,31 @@ class ScaleParams(Section):
         if n[0] != 1 or any(b <= a for a, b in zip(n, n[1:])):
             raise ValueError(f"num_candidates must be strictly increasing and start at 1 (the unscaled "
                              f"generator every ratio is taken against), got {n}")
+        return self
+
+
+class VerifierParams(Section):
+    """The ratio net fitted further to the sampled (EMA) generator, early-stopped and calibrated on held-out images
+    (pipeline/generation/verifier.py): the verifier of scale. The held-out split is cut into validation (early
+    stopping), calibration, and test (what metrics/verifier.json reports) parts."""
+
+    sigma: float = Field(gt=0)  # the noise level it is fitted at and scores candidates at
+    max_steps: int = Field(ge=0)  # ratio-net updates at most (0: the trained ratio net, calibrated only)
+    lr: float = Field(gt=0)
+    betas: tuple[float, float]
+    batch_size: int = Field(ge=2)  # real (training split) and generated samples per update, each
+    batch_per_process: int | None = Field(ge=1)  # rows per forward pass (null: the whole batch)
+    eval_every: int = Field(ge=1)  # updates between two validation losses
+    patience: int = Field(ge=1)  # validation losses without a new best before stopping
+    validation_images: int = Field(ge=2)  # held-out images for early stopping (each against as many generated)
+    calibration_images: int = Field(ge=2)  # held-out images for the calibration fit (each against as many generated)
+    test_images: int = Field(ge=2)  # held-out images it is reported on (and as many training images: memorisation)
+
+    @model_validator(mode="after")
+    def _passes(self) -> VerifierParams:
+        if self.batch_per_process is not None and self.batch_size % self.batch_per_process:
+            raise ValueError(f"batch_per_process = {self.batch_per_process} does not divide batch_size = "
+                             f"{self.batch_size}: use a divisor, or null")
         return self
 
 
@@ -294,6 +319,7 @@ class Params(Section):
     sample: SampleParams
     evaluation: EvaluationParams
     battery: BatteryParams
+    verifier: VerifierParams
     scale: ScaleParams
     gradient_bias: GradientBiasParams
 
@@ -312,12 +338,17 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
-    def _scale_within_training(self) -> Params:
+    def _verifier_within_training(self) -> Params:
         noise = self.train.ratio_noise
-        if not noise.sigma_min <= self.scale.sigma_eval <= noise.sigma_max:
-            raise ValueError(f"scale.sigma_eval = {self.scale.sigma_eval} is outside the noise levels the ratio net "
+        if not noise.sigma_min <= self.verifier.sigma <= noise.sigma_max:
+            raise ValueError(f"verifier.sigma = {self.verifier.sigma} is outside the noise levels the ratio net "
                              f"is trained on (train.ratio_noise: [{noise.sigma_min}, {noise.sigma_max}]); "
                              f"use train.ratio_noise.sigma_min")
+        v = self.verifier
+        held_out = v.validation_images + v.calibration_images + v.test_images
+        if held_out > self.prepare.holdout:
+            raise ValueError(f"verifier.validation_images + calibration_images + test_images = {held_out} exceed "
+                             f"prepare.holdout = {self.prepare.holdout}: lower them, or raise prepare.holdout")
         return self
 
 

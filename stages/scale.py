@@ -1,8 +1,10 @@
 """scale: inference-time scaling with the ratio net as verifier -> the metric suite against N, with cost.
 
 For every N in scale.num_candidates, scale.num_sets x evaluation.set_size outputs are each picked from N
-candidates of their class by the trained ratio net (pipeline/generation/scaling.py). Each disjoint set of
-outputs is scored twice: the verifier's picks, and a uniform pick among the very same candidates (the
+candidates of their class by the verifier (pipeline/generation/scaling.py): with scale.verifier: fitted, the
+verifier stage's ratio net, fitted to the sampled generator and calibrated (pipeline/generation/verifier.py);
+with `trained`, the ratio net as stage 2 left it, uncalibrated, at the same noise level (verifier.sigma). Each
+disjoint set of outputs is scored twice: the verifier's picks, and a uniform pick among the very same candidates (the
 control); `pick_over_uniform` is their per-set ratio, mean ± sd over sets, which separates what the verifier
 did from the evaluation noise. N = 1 is the unscaled generator (its first sets are the `generator` row of the
 fid stage). Method vsd trains no ratio net, so it reports N = 1 only.
@@ -11,7 +13,6 @@ fid stage). Method vsd trains no ratio net, so it reports N = 1 only.
 import time
 
 import numpy as np
-import torch
 
 from pipeline.artifacts import atomic_path, save_arrays, write_csv, write_json
 from pipeline.config import Params
@@ -19,8 +20,10 @@ from pipeline.datasets.encoders import decode_batched, load_encoder
 from pipeline.evaluation.metrics import paired
 from pipeline.evaluation.reference import load_reference, summarise_row
 from pipeline.evaluation.report import metrics_table
+from pipeline.generation.calibration import Calibration
 from pipeline.generation.images import save_grid
 from pipeline.generation.scaling import scaled_generate
+from pipeline.generation.verifier import Verifier, load_verifier
 from pipeline.networks.generator import load_generator
 from pipeline.networks.ratio_net import load_ratio_net
 from pipeline.runtime import Runtime
@@ -39,13 +42,14 @@ def main(params: Params, runtime: Runtime) -> None:
     primary = reference.info["primary"]
     generator, config = load_generator("data/train/generator", device)
     config = config["denoiser"]
-    counts, log_weight, verifier = [1], None, None
+    counts, log_weight, verifier, described = [1], None, None, None
     if params.method == "diffratio":
-        ratio, _ = load_ratio_net("data/train/ratio", device)
-        counts, verifier = p.num_candidates, f"ratio net at sigma {p.sigma_eval}"
-
-        def log_weight(x, c):  # log w = -d: the ratio net's estimate of log p / q
-            return -ratio(x, torch.full((len(x),), p.sigma_eval, device=device), c)
+        if p.verifier == "fitted":
+            verifier = load_verifier("data/verifier", device)
+        else:
+            verifier = Verifier(load_ratio_net("data/train/ratio", device)[0], params.verifier.sigma, Calibration())
+        counts, log_weight = p.num_candidates, verifier.log_weight  # log w: the estimate of log p / q
+        described = f"{p.verifier} ratio net at sigma {verifier.sigma}"
     else:
         console.print(f"[yellow]method {params.method} trains no ratio net: scale reports N = 1 only")
     shape = (config["channels"], config["resolution"], config["resolution"])
@@ -86,10 +90,12 @@ def main(params: Params, runtime: Runtime) -> None:
                           f"ESS {ess:.2f})")
     save_grid(GRID, images, params.sample.grid_rows)
     write_csv(CURVE, [curve_row(row, primary) for row in rows])
-    write_json(METRICS, {"method": params.method, "verifier": verifier, "tau": p.tau, "sigma_eval": p.sigma_eval,
+    write_json(METRICS, {"method": params.method, "verifier": described, "tau": p.tau,
+                         "sigma": verifier and verifier.sigma,
+                         "calibration": verifier and verifier.calibration.as_dict(),
                          "space": primary, "num_sets": p.num_sets, "set_size": e.set_size,
                          **{f"n{row['num_candidates']}": row for row in rows}})
-    console.print(metrics_table(f"inference-time scaling, tau = {p.tau} ({verifier or 'no verifier'}): mean ± sd over "
+    console.print(metrics_table(f"inference-time scaling, tau = {p.tau} ({described or 'no verifier'}): mean ± sd over "
                                 f"{p.num_sets} sets of {e.set_size} ({primary} features)", summaries, primary))
 
 

@@ -64,8 +64,7 @@ def test_cross_field_rules(params_dict):
     ("num_candidates", [1, 1, 2], "strictly increasing"),
     ("num_candidates", [1, "many"], "scale.num_candidates.1"),
     ("tau", -0.5, "scale.tau = -0.5"),
-    ("sigma_eval", 0.0001, "outside the noise levels the ratio net is trained on"),
-    ("sigma_eval", 50, "train.ratio_noise"),
+    ("verifier", "raw", "scale.verifier = 'raw'"),
     ("batch_size", 0, "scale.batch_size = 0"),
 ])
 def test_bad_scaling_params_are_rejected(params_dict, key, value, message):

@@ -26,6 +26,8 @@ TINY = {  # the default networks, trained briefly: about two minutes for the who
     "evaluation": {"set_size": 40, "num_sets": 5, "floor_sets": 5, "kid_subsets": 20},
     "battery": {"teacher_nfe": [9, 5, 3]},
     "sample": {"batch_size": 200, "nfe": 9},
+    "verifier": {"max_steps": 20, "batch_size": 64, "validation_images": 60, "calibration_images": 60,
+                 "test_images": 60},
     "scale": {"num_sets": 5, "num_candidates": [1, 2, 4], "batch_size": 100},
     "gradient_bias": {"budgets": [20, 50], "seeds": [0], "eval_samples": 1000, "width": 32, "batch_size": 64},
 }
@@ -98,8 +100,11 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
     assert metrics["generator"][space]["fd"] < 0.5 * metrics["generator_init"][space]["fd"]
     for grid in ("teacher", "generator_init", "generator", "scaled"):
         assert (repo / f"metrics/grids/{grid}.png").stat().st_size > 0
+    verifier = json.loads((repo / "metrics/verifier.json").read_text())
+    assert verifier["test"]["fitted"]["auc"] > 0.5 and set(verifier["calibration"]) == {"scale", "bias"}
     scale = json.loads((repo / "metrics/scale.json").read_text())
-    assert scale["verifier"] and [scale[f"n{n}"]["generator_evals_per_output"] for n in (1, 2, 4)] == [1, 2, 4]
+    assert scale["verifier"].startswith("fitted") and scale["calibration"] == verifier["calibration"]
+    assert [scale[f"n{n}"]["generator_evals_per_output"] for n in (1, 2, 4)] == [1, 2, 4]
     # N = 1 is exactly the generator row: the same samples, scored set by set alike
     assert scale["n1"]["picked"][space]["fd"] == metrics["generator"][space]["fd"]
     assert "fd_ratio" in scale["n2"]["pick_over_uniform"]
@@ -131,3 +136,4 @@ def test_experiments_and_metrics_diff(repo):
     assert train["auxiliary_parameters"] == train["generator_parameters"]  # a full score net, unlike the ratio net
     scale = json.loads((repo / "metrics/scale.json").read_text())
     assert scale["verifier"] is None and "n1" in scale and "n2" not in scale
+    assert json.loads((repo / "metrics/verifier.json").read_text())["verifier"] is None

@@ -19,7 +19,7 @@ from pipeline.networks.models import load_denoiser, save_denoiser
 from pipeline.networks.published.convert import check_data_matches, convert_checkpoint
 from pipeline.networks.ratio_net import load_ratio_net
 from pipeline.training.methods import build_task
-from stages import encode, fid, prepare, pretrain, reference, sample, teacher, train
+from stages import encode, fid, prepare, pretrain, reference, sample, teacher, train, verifier
 from tests.conftest import CPU, ROOT
 from tests.teacher_goldens import EDM2_GOLDENS, GOLDENS, golden_dir
 
@@ -107,12 +107,14 @@ def test_stages_run_from_a_published_teacher(name, workdir, tiny_vae_dir):
         "train": {"batch_size": 4, "duration_images": 8, "log_every_images": 4, "checkpoint_every_images": 8,
                   "diagnostic_samples": 4, "diagnostic_levels": 2},
         "sample": {"nfe": 3, "batch_size": 20},
+        "verifier": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "validation_images": 20,
+                     "calibration_images": 20, "test_images": 20},
     }
     for section, values in changes.items():
         raw[section].update(values)
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw))
     params = parse_params(raw)
-    for stage in (prepare, encode, reference, teacher, pretrain, train, sample, fid):
+    for stage in (prepare, encode, reference, teacher, pretrain, train, sample, fid, verifier):
         stage.main(params, CPU)
     info = json.loads((workdir / "data/teacher/teacher.json").read_text())
     assert info["checkpoint"] == f"{name}.pkl" and info["class"] in ("VPPrecond", "VEPrecond", "Precond")
@@ -120,6 +122,7 @@ def test_stages_run_from_a_published_teacher(name, workdir, tiny_vae_dir):
     rows = json.loads((workdir / "metrics/fid.json").read_text())
     for row in ("teacher", "generator", "generator_init"):
         assert rows[row]["nfe"] >= 1 and rows[row][rows["primary"]]["fd"] >= 0
+    assert 0 <= json.loads((workdir / "metrics/verifier.json").read_text())["test"]["fitted"]["auc"] <= 1
     # data the teacher was not trained on is refused before anything is trained
     raw["prepare"]["resolution"] //= 2
     with pytest.raises(PipelineError, match="works on"):

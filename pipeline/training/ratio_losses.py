@@ -25,8 +25,13 @@ def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.
     s = sigma.view(-1, *([1] * (x_fake.dim() - 1)))
     d_fake = ratio(x_fake.detach() + s * draws.randn(*x_fake.shape[1:]), sigma, labels)
     d_real = ratio(x_real + s * draws.randn(*x_real.shape[1:]), sigma, labels)
-    loss = (F.softplus(-d_fake) + F.softplus(d_real)).mean()
+    loss = logistic_loss(d_fake, d_real)
     return loss, {"d_fake": d_fake.detach(), "d_real": d_real.detach()}
+
+
+def logistic_loss(d_fake: torch.Tensor, d_real: torch.Tensor) -> torch.Tensor:
+    """The balanced logistic loss of logits on paired generated and real samples (one of each per row)."""
+    return (F.softplus(-d_fake) + F.softplus(d_real)).mean()
 
 
 def generator_loss(ratio, x_gen: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,

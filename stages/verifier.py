@@ -1,0 +1,101 @@
+"""verifier: the trained ratio net fitted to the sampled (EMA) generator, early-stopped and calibrated on held-out
+images -> data/verifier (scale's verifier: the fitted net, its noise level and calibration), metrics/verifier.json
+(its AUC, calibration and memorisation check on a held-out test part) and metrics/verifier_curve.csv (the
+validation curve). Which images do what, and why, is in pipeline/generation/verifier.py.
+
+Method vsd trains no ratio net: the stage then writes a verifier.json and a metrics file that say so, and scale
+reports N = 1 only.
+"""
+
+import time
+
+import numpy as np
+import torch
+
+from pipeline.artifacts import atomic_path, write_csv, write_json
+from pipeline.config import Params
+from pipeline.datasets.encoders import map_encoded
+from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData, load_prepared
+from pipeline.datasets.training_data import TrainingData
+from pipeline.generation.verifier import PARTS, fit_verifier, held_out_parts, noisy_pairs, save_verifier
+from pipeline.networks.generator import load_generator
+from pipeline.networks.ratio_net import load_ratio_net
+from pipeline.runtime import Runtime
+from pipeline.stage import console, run_stage
+from pipeline.training.task import Draws
+
+OUT, METRICS, CURVE = "data/verifier", "metrics/verifier.json", "metrics/verifier_curve.csv"
+
+
+def stream_seed(*key: int) -> int:
+    """A torch seed of its own for each use, so that no draw here repeats a scored sample's noise."""
+    return int(np.random.default_rng(list(key)).integers(2**62))
+
+
+def model_space(encoder, data: PreparedData, which: int, positions: np.ndarray, batch_size: int,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of split `which` at `positions`, encoded as the training data is, and their labels."""
+    xs, labels = [], []
+    for images, batch_labels in data.batches(which, batch_size, positions):
+        xs.append(encoder.to_training(encoder.encode(images, device), Draws(len(images), device)))
+        labels.append(torch.as_tensor(batch_labels, device=device))
+    return torch.cat(xs), torch.cat(labels)
+
+
+def main(params: Params, runtime: Runtime) -> None:
+    p = params.verifier
+    if params.method != "diffratio":
+        reason = f"method {params.method} trains no ratio net"
+        console.print(f"[yellow]{reason}: no verifier")
+        with atomic_path(OUT) as tmp:
+            tmp.mkdir()
+            save_verifier(tmp, None, None, {"reason": reason})
+        write_csv(CURVE, [])
+        write_json(METRICS, {"method": params.method, "verifier": None, "reason": reason})
+        return
+    started = time.perf_counter()
+    device = runtime.device
+    encoder, shards, labels = map_encoded("data/encoded", device)
+    data = TrainingData(encoder, shards, labels, device)
+    prepared = load_prepared("data/prepared")
+    generator, _ = load_generator("data/train/generator", device)
+    ratio, ratio_config = load_ratio_net("data/train/ratio", device)
+    conditional = ratio_config["score"]["num_classes"] > 0
+
+    def conditioning(labels: torch.Tensor) -> torch.Tensor | None:
+        return labels if conditional else None
+
+    sizes = [p.validation_images, p.calibration_images, p.test_images]
+    positions = held_out_parts(prepared.labels[prepared.split == HOLDOUT], sizes, params.seed)
+    training_positions = np.sort(np.random.default_rng([params.seed, 6]).permutation(prepared.count(TRAIN))
+                                 [: p.test_images])
+    torch.manual_seed(stream_seed(params.seed, 7))  # the posterior samples (sd-vae), generated samples and noise
+    parts = {}
+    for name, rows in zip(PARTS, positions):
+        real, real_labels = model_space(encoder, prepared, HOLDOUT, rows, p.batch_size, device)
+        parts[name] = noisy_pairs(real, conditioning(real_labels), generator, p.sigma, p.batch_size, runtime)
+    training_real, training_labels = model_space(encoder, prepared, TRAIN, training_positions, p.batch_size, device)
+    training_real = training_real + p.sigma * torch.randn_like(training_real)
+
+    verifier, report = fit_verifier(ratio, generator, data, parts, training_real, conditioning(training_labels), p,
+                                    conditional, runtime, stream_seed(params.train.seed, 8))
+    with atomic_path(OUT) as tmp:
+        tmp.mkdir()
+        save_verifier(tmp, verifier, ratio_config, {"best_step": report["best_step"]})
+    write_csv(CURVE, report.pop("curve"))
+    test = report["test"]
+    write_json(METRICS, {"method": params.method, "verifier": "ratio net fitted to the EMA generator, calibrated",
+                         "sigma": p.sigma, **report, "max_steps": p.max_steps,
+                         "images": {"validation": p.validation_images, "calibration": p.calibration_images,
+                                    "test": p.test_images, "training_for_memorisation": p.test_images,
+                                    "generated_per_real": 1},
+                         "seconds": time.perf_counter() - started})
+    console.print(f"verifier at sigma {p.sigma}: best of {report['steps']} updates at {report['best_step']}; "
+                  f"calibration d' = {verifier.calibration.scale:.3f} d {verifier.calibration.bias:+.3f}; test AUC "
+                  f"{test['trained']['auc']:.3f} (trained) -> {test['fitted']['auc']:.3f}, ECE "
+                  f"{test['fitted']['ece']:.3f} -> {test['fitted_calibrated']['ece']:.3f} calibrated, memorisation AUC "
+                  f"{test['trained']['memorisation_auc']:.3f} -> {test['fitted']['memorisation_auc']:.3f} -> {OUT}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
