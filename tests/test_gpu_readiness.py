@@ -79,6 +79,17 @@ def old_attention(module: Attention, x: torch.Tensor) -> torch.Tensor:
     return (x + module.proj(h.transpose(-1, -2).reshape(b, c, hgt, wid))) / math.sqrt(2)
 
 
+def record_attention_inputs(monkeypatch) -> list[torch.Tensor]:
+    """The tensors every later F.scaled_dot_product_attention call receives, in order."""
+    seen, sdpa = [], F.scaled_dot_product_attention
+
+    def recording(*tensors, **kwargs):
+        seen.extend(tensors)
+        return sdpa(*tensors, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    return seen
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_attention_hands_fused_kernels_a_contiguous_head_dim(monkeypatch, channels_last):
     """On CUDA (stood in for here) SDPA gets a contiguous head dim; the CPU path is the old one, bit for bit."""
@@ -91,12 +102,7 @@ def test_attention_hands_fused_kernels_a_contiguous_head_dim(monkeypatch, channe
     if channels_last:
         module, x = module.to(memory_format=torch.channels_last), x.to(memory_format=torch.channels_last)
     monkeypatch.setattr(unet_module, "fused_layout", lambda x: True)
-    seen, sdpa = [], F.scaled_dot_product_attention
-
-    def recording(*tensors, **kwargs):
-        seen.extend(tensors)
-        return sdpa(*tensors, **kwargs)
-    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    seen = record_attention_inputs(monkeypatch)
     out = module(x)
     assert len(seen) == 3 and all(t.shape == (3, 2, 64, 64) and t.stride(-1) == 1 for t in seen)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
@@ -267,12 +273,7 @@ def test_edm_attention_hands_fused_kernels_four_dims_and_a_contiguous_head_dim(m
     x, emb = torch.randn(3, 64, 8, 8), torch.randn(3, 32)
     expected = block(x, emb)
     monkeypatch.setattr(edm_layers, "fused_layout", lambda x: True)
-    seen, sdpa = [], F.scaled_dot_product_attention
-
-    def recording(*tensors, **kwargs):
-        seen.extend(tensors)
-        return sdpa(*tensors, **kwargs)
-    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    seen = record_attention_inputs(monkeypatch)
     out = block(x, emb)
     assert len(seen) == 3 and all(t.shape == (3, 2, 64, 32) and t.stride(-1) == 1 for t in seen)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
