@@ -180,7 +180,7 @@ class Stop(Exception):
 def test_scale_n1_is_the_sample_stage_generator_under_bf16(workdir, monkeypatch):
     bf16 = Runtime(torch.device("cpu"), CPU.compute.model_copy(update={"precision": "bf16"}))
     params = PARAMS.model_copy(update={
-        "compute": bf16.compute, "scale": PARAMS.scale.model_copy(update={"num_sets": 1}),
+        "compute": bf16.compute, "scale": PARAMS.scale.model_copy(update={"num_sets": 1, "verifier": "trained"}),
         "evaluation": PARAMS.evaluation.model_copy(update={"set_size": 12})})
     score, config = score_net()
     with torch.no_grad():
