@@ -25,6 +25,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -49,6 +50,7 @@ TINY = {"prepare": {"source": "synthetic", "path": None, "max_images": 600, "hol
         "reference": {"inception": "off", "epochs": 1, "max_images": 200, "max_features": 1000, "batch_size": 50},
         "evaluation": {"set_size": 50, "num_sets": 2, "floor_sets": 2, "kid_subsets": 10},
         "battery": {"teacher_nfe": [35, 9, 3]},
+        "verifier": {"max_steps": 20, "validation_images": 100, "calibration_images": 100, "test_images": 100},
         "scale": {"num_sets": 2, "num_candidates": [1, 2, 4]},
         "gradient_bias": {"budgets": [10, 30], "seeds": [0], "eval_samples": 1000}}
 
@@ -78,11 +80,15 @@ def environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
 
+def command_line(command: str, processes: int) -> list[str]:
+    """A dvc.yaml command as DVC would run it, with this interpreter."""
+    argv = shlex.split(command.replace("${compute.processes}", str(processes)))
+    return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+
+
 def run_command(command: str, workdir: Path, processes: int) -> subprocess.CompletedProcess:
-    command = command.replace("${compute.processes}", str(processes))
-    if command.startswith("python "):
-        command = f"{sys.executable} {command[len('python '):]}"
-    return subprocess.run(command, shell=True, cwd=workdir, env=environment(), capture_output=True, text=True)
+    return subprocess.run(command_line(command, processes), cwd=workdir, env=environment(), capture_output=True,
+                          text=True)
 
 
 def run_stages(workdir: Path, params: dict, names: list[str] | None = None) -> dict:
@@ -134,10 +140,16 @@ def write_fresh_vae(folder: Path) -> None:
     AutoencoderKL(**VAE_ARCHITECTURE).save_pretrained(folder)
 
 
+def cifar_params(pretrain_steps: int = 10, train_steps: int = 10) -> dict:
+    """The cifar10 preset at tiny budgets, its teacher pretrained by the pretrain stage."""
+    params = preset_params("cifar10", pretrain_steps, train_steps)
+    params["teacher"] = {"source": "pretrain", "checkpoint": None}
+    return params
+
+
 def check_stages() -> dict:
     cifar = RUNS / "cifar10"
-    params = preset_params("cifar10", pretrain_steps=10, train_steps=10)
-    params["teacher"] = {"source": "pretrain", "checkpoint": None}
+    params = cifar_params()
     cifar.mkdir(parents=True, exist_ok=True)
     seconds = run_stages(cifar, params)
     return finite({"preset": "cifar10", "compute": params["compute"], "stage_seconds": seconds,
@@ -149,8 +161,7 @@ def check_compile() -> dict:
     cifar = RUNS / "cifar10"
     if not (cifar / "data/pretrain").exists():
         raise SystemExit(f"error: {cifar}/data/pretrain is missing: run the stages part first")
-    params = preset_params("cifar10", pretrain_steps=10, train_steps=10)
-    params["teacher"] = {"source": "pretrain", "checkpoint": None}
+    params = cifar_params()
     params["compute"]["compile"] = True
     seconds = run_stages(cifar, params, ["train"])
     return finite({"preset": "cifar10", "compute": params["compute"], "stage_seconds": seconds,
@@ -182,9 +193,8 @@ def finite(result: dict) -> dict:
 
 def exact_params(steps: int) -> dict:
     """cifar10's networks in fp32 (TF32 off, NCHW, eager), no dropout, batches of 64 and 32 in passes of half."""
-    params = preset_params("cifar10", pretrain_steps=steps, train_steps=steps // 2)
+    params = cifar_params(pretrain_steps=steps, train_steps=steps // 2)
     params["compute"].update({"precision": "fp32", "tf32": False, "channels_last": False, "compile": False})
-    params["teacher"] = {"source": "pretrain", "checkpoint": None}
     params["pretrain"]["network"]["dropout"] = 0.0
     for section, batch in (("pretrain", 64), ("train", 32)):
         params[section].update({"batch_size": batch, "batch_per_process": batch // 2, "duration_images":
@@ -257,8 +267,7 @@ def check_resume() -> dict:
     run_stages(straight, params, ["pretrain"])
     killed = scratch_with_data("killed")
     (killed / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    command = dict(stage_commands())["pretrain"].replace("${compute.processes}", "1").replace("python ", "", 1)
-    launcher = subprocess.Popen([sys.executable, *command.split()], cwd=killed, start_new_session=True,
+    launcher = subprocess.Popen(command_line(dict(stage_commands())["pretrain"], 1), cwd=killed, start_new_session=True,
                                 env=environment(), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     state = killed / "data/checkpoints/pretrain/state.json"

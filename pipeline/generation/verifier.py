@@ -47,9 +47,8 @@ from pipeline.generation.calibration import Calibration, classifier_report, fit_
 from pipeline.networks.ratio_net import RatioNet, build_ratio_net
 from pipeline.runtime import Runtime
 from pipeline.training.early_stopping import fit_early_stopped
-from pipeline.training.one_step import adam
 from pipeline.training.ratio_losses import logistic_loss, ratio_loss
-from pipeline.training.task import TrainingTask
+from pipeline.training.task import TrainingTask, adam
 
 PARTS = ("validation", "calibration", "test")
 
