@@ -25,6 +25,8 @@ from pipeline.artifacts import atomic_path, write_json
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metrics import mean_sd
 
+EDM_NOISE = {f"train.{loss}.{key}": value for loss in ("ratio_noise", "generator_noise")
+             for key, value in (("p_mean", -1.2), ("p_std", 1.2))}  # EDM's training noise levels, both losses
 VARIANTS = {  # name: the params it sets (on top of the committed params.yaml)
     "diffratio": {},
     "vsd": {"method": "vsd"},
@@ -32,6 +34,19 @@ VARIANTS = {  # name: the params it sets (on top of the committed params.yaml)
     "dikl": {"divergence": "dikl"},
     "difkl": {"divergence": "difkl"},
 }
+# The baseline tuned on its own, one knob at a time from DiffRatio's params, on tuning seeds that the claims are
+# not reported on: auxiliary (fake score) steps per generator step, EDM's noise levels, a 5x auxiliary rate.
+VSD_TUNING = {
+    "vsd_aux2": {"method": "vsd", "train.ratio_steps": 2},
+    "vsd_aux5": {"method": "vsd", "train.ratio_steps": 5},
+    "vsd_edm_noise": {"method": "vsd", **EDM_NOISE},
+    "vsd_aux_lr": {"method": "vsd", "train.ratio_lr": 0.001},
+}
+DURATION = {  # stage 2 run longer, paired with the default duration seed by seed
+    "twice_as_long": {"train.duration_images": 128000},
+    "four_times_as_long": {"train.duration_images": 256000},
+}
+EVERY = {**VARIANTS, **VSD_TUNING, **DURATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed
 PREFIX = "claims"
 SUITE = ("fd", "kid", "precision", "recall", "density", "coverage", "nn_distance")  # of the generator row
@@ -52,7 +67,7 @@ def dvc(*args: str) -> str:
 def queue(variants: list[str], seeds: list[int]) -> None:
     for variant in variants:
         for seed in seeds:
-            settings = {**VARIANTS[variant], "train.seed": seed}
+            settings = {**EVERY[variant], "train.seed": seed}
             flags = [arg for key, value in settings.items() for arg in ("-S", f"{key}={value}")]
             dvc("exp", "run", "--queue", "-n", experiment_name(variant, seed), *flags)
 
@@ -180,7 +195,7 @@ def report(variants: list[str], seeds: list[int], out: str = "metrics/claims") -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=["run", "report"])
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=list(EVERY), default=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     args = parser.parse_args()
     try:
