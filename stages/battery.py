@@ -28,7 +28,8 @@ def main(params: Params, runtime: Runtime) -> None:
     encoder = load_encoder("data/encoded", device)
     teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
     sets = real_sets(params, data, REFERENCE, reference.info)
-    sets.update(teacher_sets(params, teacher, config, encoder.decode, device, lambda t: console.print(f"battery: {t}")))
+    sets.update(teacher_sets(params, teacher, config, encoder.decode, runtime,
+                             lambda text: console.print(f"battery: {text}")))
     result = run_battery(reference, sets, params, data.num_classes)
     primary = reference.info["primary"]
     write_json(METRICS, {"primary": primary, "floor_sets": params.evaluation.floor_sets,

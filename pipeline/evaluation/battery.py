@@ -28,10 +28,11 @@ from scipy.ndimage import gaussian_filter
 from pipeline.config import BatteryParams, Params
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.errors import PipelineError
-from pipeline.evaluation.draws import disjoint_draws, generated_set
+from pipeline.evaluation.draws import disjoint_draws
 from pipeline.evaluation.metrics import floor_sds
 from pipeline.evaluation.reference import Reference, floor_sets, summarise_row
-from pipeline.generation.sampling import edm_heun, generate_batch, heun_sigmas
+from pipeline.generation.sampling import heun_sets, heun_sigmas
+from pipeline.runtime import Runtime
 
 RISES, FALLS = 1, -1
 FIDELITY = {"fd": RISES, "kid": RISES, "precision": FALLS, "density": FALLS, "coverage": FALLS, "nn_distance": RISES}
@@ -123,21 +124,17 @@ def real_sets(params: Params, data: PreparedData, reference_dir: str | Path, inf
                          data.num_classes, params.seed)
 
 
-def teacher_sets(params: Params, teacher, config: dict, decode: Callable, device,
+def teacher_sets(params: Params, teacher, config: dict, decode: Callable, runtime: Runtime,
                  progress: Callable[[str], None] = lambda text: None) -> Sets:
     """The teacher through Heun at battery.teacher_nfe evaluations, set k with the generated rows' seeds and
-    labels of set k."""
+    labels of set k, drawn as the sample stage draws them."""
     e, s = params.evaluation, params.sample
     shape = (config["channels"], config["resolution"], config["resolution"])
     out = {}
     for nfe in params.battery.teacher_nfe:
-        sigmas = heun_sigmas(nfe, s.sigma_min, s.sigma_max, s.rho)
-        rows = []
-        for k in range(e.floor_sets):
-            latents, labels = generate_batch(lambda z, c: edm_heun(teacher, z, c, sigmas), generated_set(k, e.set_size),
-                                             params.seed, shape, config["num_classes"], device)
-            rows.append((decode(latents), labels))
-        out[teacher_row(nfe)] = rows
+        out[teacher_row(nfe)], _ = heun_sets(teacher, heun_sigmas(nfe, s.sigma_min, s.sigma_max, s.rho), e.floor_sets,
+                                             e.set_size, params.seed, shape, config["num_classes"], decode,
+                                             runtime.device, runtime.autocast)
         progress(f"teacher at {nfe} NFE sampled")
     return out
 

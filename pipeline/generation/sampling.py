@@ -6,10 +6,14 @@ Sample i uses its own generator seeded with `seed + i` for its noise, and label 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
 import torch
+
+from pipeline.evaluation.draws import generated_set
+from pipeline.training.measure import StepTimer
 
 
 def heun_sigmas(nfe: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
@@ -54,3 +58,19 @@ def generate_batch(draw: Callable[[torch.Tensor, torch.Tensor | None], torch.Ten
 def batch_indices(num: int, batch_size: int, batch: int) -> np.ndarray:
     """The sample indices of batch number `batch` of `num` samples."""
     return np.arange(batch * batch_size, min(num, (batch + 1) * batch_size))
+
+
+def heun_sets(denoiser: Callable, sigmas: torch.Tensor, num_sets: int, set_size: int, seed: int,
+              shape: tuple[int, ...], num_classes: int, decode: Callable[[torch.Tensor], np.ndarray],
+              device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """The denoiser through Heun at `sigmas`, one batch per set: set k holds generated set k's samples (their
+    seeds and labels), decoded to images. Also returns the seconds spent generating (decoding left out)."""
+    sets, seconds = [], 0.0
+    for k in range(num_sets):
+        with StepTimer(device) as timer, autocast():
+            latents, labels = generate_batch(lambda z, c: edm_heun(denoiser, z, c, sigmas), generated_set(k, set_size),
+                                             seed, shape, num_classes, device)
+        seconds += timer.seconds
+        sets.append((decode(latents), labels))
+    return sets, seconds
