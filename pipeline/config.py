@@ -304,6 +304,21 @@ class GradientBiasParams(Section):
         return self
 
 
+class FrontierParams(Section):
+    """Quality against network evaluations per output: the teacher's Heun sampler at these evaluations, beside
+    the one-step generator with the verifier at scale.num_candidates (stages teacher_steps and frontier)."""
+
+    teacher_nfe: list[int] = Field(min_length=1)  # Heun network evaluations, increasing, each odd
+
+    @model_validator(mode="after")
+    def _evaluations(self) -> FrontierParams:
+        n = self.teacher_nfe
+        if any(b <= a for a, b in zip(n, n[1:])) or any(v < 1 or v % 2 == 0 for v in n):
+            raise ValueError(f"teacher_nfe must be increasing odd numbers (Heun uses 2 * steps - 1 evaluations), "
+                             f"got {n}")
+        return self
+
+
 class Params(Section):
     seed: int = Field(ge=0)
     method: Literal["diffratio", "vsd"]
@@ -321,6 +336,7 @@ class Params(Section):
     battery: BatteryParams
     verifier: VerifierParams
     scale: ScaleParams
+    frontier: FrontierParams
     gradient_bias: GradientBiasParams
 
     @model_validator(mode="after")

@@ -7,7 +7,8 @@ with `trained`, the ratio net as stage 2 left it, uncalibrated, at the same nois
 disjoint set of outputs is scored twice: the verifier's picks, and a uniform pick among the very same candidates (the
 control); `pick_over_uniform` is their per-set ratio, mean ± sd over sets, which separates what the verifier
 did from the evaluation noise. N = 1 is the unscaled generator (its first sets are the `generator` row of the
-fid stage). Method vsd trains no ratio net, so it reports N = 1 only.
+fid stage). Method vsd trains no ratio net, so it reports N = 1 only. Beside each N's images, data/scaled/n<N>.json
+holds its picks' per-set metrics and cost: the one-step points of the frontier stage.
 """
 
 import time
@@ -17,6 +18,7 @@ import numpy as np
 from pipeline.artifacts import atomic_path, save_arrays, write_csv, write_json
 from pipeline.config import Params
 from pipeline.datasets.encoders import decode_batched, load_encoder
+from pipeline.evaluation.frontier import one_step_cost, point
 from pipeline.evaluation.metrics import paired
 from pipeline.evaluation.reference import load_reference, summarise_row
 from pipeline.evaluation.report import metrics_table
@@ -60,6 +62,7 @@ def main(params: Params, runtime: Runtime) -> None:
                 for k in range(p.num_sets)]
         return reference.score_sets(sets, params.seed)
 
+    layout = {"num_sets": p.num_sets, "set_size": e.set_size, "seed": params.seed}  # as teacher_steps scores
     rows, summaries, first = [], {}, None
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
@@ -72,13 +75,16 @@ def main(params: Params, runtime: Runtime) -> None:
             images = decode_batched(encoder, latents, p.batch_size, device)
             save_arrays(tmp / f"n{n}.npz", images=images, labels=labels)
             picked = score(images, labels)
+            evals = one_step_cost(n)
+            write_json(tmp / f"n{n}.json", point("one_step", evals["generator_evals"] + evals["ratio_evals"],
+                                                 seconds / num, picked, layout, **evals))
             # at N = 1 the control is the very same sample set
             uniform = picked if n == 1 else score(decode_batched(encoder, control, p.batch_size, device), labels)
             first = first or picked
             pick_primary = [s[primary] for s in picked]
             summaries[f"N = {n}"] = summarise_row(picked)
             summaries[f"N = {n}, uniform pick"] = summarise_row(uniform)
-            row = {"num_candidates": n, "generator_evals_per_output": n, "ratio_evals_per_output": n if n > 1 else 0,
+            row = {"num_candidates": n, "generator_evals_per_output": n, "ratio_evals_per_output": evals["ratio_evals"],
                    "seconds_per_output": seconds / num, "mean_ess": ess,
                    "picked": summaries[f"N = {n}"], "uniform_pick": summaries[f"N = {n}, uniform pick"],
                    "pick_over_uniform": paired(pick_primary, [s[primary] for s in uniform]),

@@ -29,6 +29,7 @@ TINY = {  # the default networks, trained briefly: about two minutes for the who
     "verifier": {"max_steps": 20, "batch_size": 64, "validation_images": 60, "calibration_images": 60,
                  "test_images": 60},
     "scale": {"num_sets": 5, "num_candidates": [1, 2, 4], "batch_size": 100},
+    "frontier": {"teacher_nfe": [3, 9]},
     "gradient_bias": {"budgets": [20, 50], "seeds": [0], "eval_samples": 1000, "width": 32, "batch_size": 64},
 }
 
@@ -108,6 +109,14 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
     # N = 1 is exactly the generator row: the same samples, scored set by set alike
     assert scale["n1"]["picked"][space]["fd"] == metrics["generator"][space]["fd"]
     assert "fd_ratio" in scale["n2"]["pick_over_uniform"]
+    frontier = json.loads((repo / "metrics/frontier.json").read_text())
+    points = ["teacher_nfe3", "teacher_nfe9", "one_step_n1", "one_step_n2", "one_step_n4"]
+    assert frontier["reference"] == "teacher_nfe9" and [k for k in frontier if k in points] == points
+    assert [frontier[name]["nfe"] for name in points] == [3, 9, 1, 4, 8]
+    # the same sets as the fid stage's teacher row (drawn set by set there, in batches of 200 here) and N = 1
+    assert frontier["teacher_nfe9"][space]["fd"] == pytest.approx(metrics["teacher"][space]["fd"], rel=1e-4)
+    assert frontier["one_step_n1"][space]["fd"] == scale["n1"]["picked"][space]["fd"]
+    assert frontier["teacher_nfe9"]["vs_teacher_nfe9"]["fd_ratio"] == 1.0
     battery = json.loads((repo / "metrics/battery.json").read_text())
     assert "copy_fraction" in battery["checks"][space]["separated_by"]["training copies"]
     assert {"teacher 9 NFE", "teacher 3 NFE", "one per class"} <= set(battery)
@@ -136,4 +145,6 @@ def test_experiments_and_metrics_diff(repo):
     assert train["auxiliary_parameters"] == train["generator_parameters"]  # a full score net, unlike the ratio net
     scale = json.loads((repo / "metrics/scale.json").read_text())
     assert scale["verifier"] is None and "n1" in scale and "n2" not in scale
+    frontier = json.loads((repo / "metrics/frontier.json").read_text())
+    assert "one_step_n1" in frontier and "one_step_n2" not in frontier
     assert json.loads((repo / "metrics/verifier.json").read_text())["verifier"] is None

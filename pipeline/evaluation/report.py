@@ -7,7 +7,7 @@ from rich.table import Table
 COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "copy_fraction")
 
 
-def _cell(values: dict, name: str, digits: str = ".3g") -> str:
+def cell(values: dict, name: str, digits: str = ".3g") -> str:
     if name not in values:
         return "-"
     sd = values.get(f"{name}_sd")
@@ -23,8 +23,8 @@ def metrics_table(title: str, rows: dict[str, dict], space: str) -> Table:
     for name, row in rows.items():
         values = row[space]
         ratio = values.get("fd_over_floor")
-        table.add_row(name, *(_cell(values, column) for column in COLUMNS),
-                      "-" if ratio is None else f"{ratio:.2f}", _cell(row, "class_consistency"))
+        table.add_row(name, *(cell(values, column) for column in COLUMNS),
+                      "-" if ratio is None else f"{ratio:.2f}", cell(row, "class_consistency"))
     return table
 
 
