@@ -33,3 +33,8 @@ def test_differences_are_resolved_only_beyond_their_spread_over_seeds():
     text = claims.tables({"diffratio": base, "vsd": worse}, {"diffratio": claims.summarise(list(base.values())),
                                                              "vsd": summary}, {"vsd": verdict})
     assert "vsd vs diffratio" in text and "**resolved**" in text and "(unresolved)" in text
+    # a variant with one seed in common has no paired verdicts: its row is dashes, with the table's columns
+    lone = claims.tables({"diffratio": base, "vsd": worse}, {"vsd": summary}, {"vsd": {}}, base="diffratio")
+    row = next(line for line in lone.splitlines() if line.startswith("| vsd vs diffratio"))
+    header = next(line for line in lone.splitlines() if line.startswith("| variant | fd_ratio"))
+    assert row.count("|") == header.count("|") and "-" in row
