@@ -12,7 +12,7 @@ from rich.table import Table
 
 from pipeline.artifacts import read_json, write_csv, write_json
 from pipeline.config import Params
-from pipeline.evaluation.frontier import CURVE, curve_rows, frontier, read_points
+from pipeline.evaluation.frontier import CURVE, curve_rows, frontier, read_points, reference_name
 from pipeline.evaluation.report import cell
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
@@ -25,9 +25,9 @@ def main(params: Params, runtime: Runtime) -> None:
     teacher = read_points("data/teacher_steps", "nfe*.json", "teacher_steps")
     one_step = read_points("data/scaled", "n*.json", "scale")
     rows = frontier(teacher, one_step, space)
-    reference = f"teacher_nfe{max(p['nfe'] for p in teacher)}"
+    reference = reference_name(teacher)
     for sampler in ("teacher", "one_step"):
-        write_csv(CURVES.format(sampler), curve_rows(rows, sampler, space))
+        write_csv(CURVES.format(sampler), curve_rows(rows, sampler, space, reference))
     write_json(METRICS, {"space": space, "reference": reference, **rows})
     console.print(frontier_table(rows, space, reference))
 

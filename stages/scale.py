@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.artifacts import atomic_path, save_arrays, write_csv, write_json
 from pipeline.config import Params
 from pipeline.datasets.encoders import decode_batched, load_encoder
-from pipeline.evaluation.frontier import one_step_cost, point
+from pipeline.evaluation.frontier import layout, one_step_cost, point
 from pipeline.evaluation.metrics import paired
 from pipeline.evaluation.reference import load_reference, summarise_row
 from pipeline.evaluation.report import metrics_table
@@ -62,7 +62,7 @@ def main(params: Params, runtime: Runtime) -> None:
                 for k in range(p.num_sets)]
         return reference.score_sets(sets, params.seed)
 
-    layout = {"num_sets": p.num_sets, "set_size": e.set_size, "seed": params.seed}  # as teacher_steps scores
+    sets_layout = layout(p.num_sets, e.set_size, params.seed)  # as teacher_steps scores
     rows, summaries, first = [], {}, None
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
@@ -77,7 +77,7 @@ def main(params: Params, runtime: Runtime) -> None:
             picked = score(images, labels)
             evals = one_step_cost(n)
             write_json(tmp / f"n{n}.json", point("one_step", evals["generator_evals"] + evals["ratio_evals"],
-                                                 seconds / num, picked, layout, **evals))
+                                                 seconds / num, picked, sets_layout, **evals))
             # at N = 1 the control is the very same sample set
             uniform = picked if n == 1 else score(decode_batched(encoder, control, p.batch_size, device), labels)
             first = first or picked

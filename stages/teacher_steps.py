@@ -11,7 +11,7 @@ does not change them, so experiments on its params reuse them.
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.config import Params
 from pipeline.datasets.encoders import load_encoder
-from pipeline.evaluation.frontier import point
+from pipeline.evaluation.frontier import layout, point
 from pipeline.evaluation.reference import load_reference
 from pipeline.generation.sampling import heun_sets, heun_sigmas
 from pipeline.networks.models import load_denoiser
@@ -28,7 +28,7 @@ def main(params: Params, runtime: Runtime) -> None:
     encoder = load_encoder("data/encoded", device)
     teacher, config = load_denoiser("data/pretrain/score", device, "pretrain")
     shape = (config["channels"], config["resolution"], config["resolution"])
-    primary = reference.info["primary"]
+    primary, sets_layout = reference.info["primary"], layout(num_sets, e.set_size, params.seed)
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
         for nfe in params.frontier.teacher_nfe:
@@ -36,8 +36,8 @@ def main(params: Params, runtime: Runtime) -> None:
                                       e.set_size, params.seed, shape, config["num_classes"], encoder.decode, device,
                                       runtime.autocast)
             scores = reference.score_sets(sets, params.seed)
-            layout = {"num_sets": num_sets, "set_size": e.set_size, "seed": params.seed}
-            write_json(tmp / f"nfe{nfe}.json", point("teacher", nfe, seconds / (num_sets * e.set_size), scores, layout))
+            write_json(tmp / f"nfe{nfe}.json", point("teacher", nfe, seconds / (num_sets * e.set_size), scores,
+                                                     sets_layout))
             fd = sum(score[primary]["fd"] for score in scores) / num_sets
             console.print(f"teacher at {nfe} NFE: {primary} FD {fd:.4g} over {num_sets} sets ({seconds:.1f}s)")
 

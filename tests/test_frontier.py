@@ -34,11 +34,11 @@ def test_points_are_paired_set_by_set_with_the_teacher_at_its_most_evaluations()
     assert rows["one_step_n1"]["vs_teacher_nfe35"]["fd_ratio"] == pytest.approx(np.mean([2.0, 1.0, 0.5]))
     assert rows["one_step_n1"]["s"]["fd"] == 2.0 and rows["one_step_n1"]["s"]["fd_sd"] == 0.0
     assert "sets" not in rows["teacher_nfe3"] and rows["teacher_nfe3"]["seconds_per_output"] == pytest.approx(0.3)
-    lines = curve_rows(rows, "one_step", "s")
+    lines = curve_rows(rows, "one_step", "s", "teacher_nfe35")
     assert [(line["num_candidates"], line["nfe"]) for line in lines] == [(1, 1), (4, 8)]
     assert lines[1]["fd"] == pytest.approx(1.5)
     assert lines[1]["fd_vs_teacher"] == pytest.approx(np.mean([0.5, 0.5, 0.75]))
-    assert [line["nfe"] for line in curve_rows(rows, "teacher", "s")] == [3, 35]
+    assert [line["nfe"] for line in curve_rows(rows, "teacher", "s", "teacher_nfe35")] == [3, 35]
 
 
 def test_points_on_unmatched_sets_are_refused():

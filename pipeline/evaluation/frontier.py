@@ -22,9 +22,20 @@ CURVE = ("fd", "kid", "precision", "recall", "coverage")  # the plotted metrics,
 LAYOUT = ("num_sets", "set_size", "seed")  # what must agree for two points' sets to be matched
 
 
-def point(sampler: str, nfe: int, seconds_per_output: float, sets: list[dict], layout: dict, **cost) -> dict:
+def layout(num_sets: int, set_size: int, seed: int) -> dict:
+    """The LAYOUT of a stage's sets, written with every point it scores."""
+    return dict(zip(LAYOUT, (num_sets, set_size, seed)))
+
+
+def reference_name(teacher: list[dict]) -> str:
+    """The point every other is paired with: the teacher at its most evaluations."""
+    return f"teacher_nfe{max(p['nfe'] for p in teacher)}"
+
+
+def point(sampler: str, nfe: int, seconds_per_output: float, sets: list[dict], sets_layout: dict, **cost) -> dict:
     """One point as a stage writes it: its cost, its layout and every set's metrics."""
-    return {"sampler": sampler, "nfe": nfe, "seconds_per_output": seconds_per_output, **cost, **layout, "sets": sets}
+    return {"sampler": sampler, "nfe": nfe, "seconds_per_output": seconds_per_output, **cost, **sets_layout,
+            "sets": sets}
 
 
 def one_step_cost(num_candidates: int) -> dict:
@@ -49,17 +60,17 @@ def frontier(teacher: list[dict], one_step: list[dict], space: str) -> dict[str,
         raise PipelineError(f"the points are not scored on matched sets ({', '.join(LAYOUT)} differ: "
                             f"{sorted(layouts)}): rerun `dvc repro teacher_steps scale`")
     best = max(teacher, key=lambda p: p["nfe"])
+    versus = f"vs_{reference_name(teacher)}"
     rows = {}
     for p in sorted(teacher, key=lambda p: p["nfe"]) + sorted(one_step, key=lambda p: p["num_candidates"]):
         name = f"teacher_nfe{p['nfe']}" if p["sampler"] == "teacher" else f"one_step_n{p['num_candidates']}"
         rows[name] = {key: value for key, value in p.items() if key != "sets"}
         rows[name].update(summarise_row(p["sets"]))
-        rows[name][f"vs_teacher_nfe{best['nfe']}"] = paired([s[space] for s in p["sets"]],
-                                                           [s[space] for s in best["sets"]])
+        rows[name][versus] = paired([s[space] for s in p["sets"]], [s[space] for s in best["sets"]])
     return rows
 
 
-def curve_rows(rows: dict[str, dict], sampler: str, space: str) -> list[dict]:
+def curve_rows(rows: dict[str, dict], sampler: str, space: str, reference: str) -> list[dict]:
     """The plotted lines of one sampler: cost, each metric with its sd, the paired FD ratio to the reference."""
     out = []
     for row in rows.values():
@@ -69,6 +80,6 @@ def curve_rows(rows: dict[str, dict], sampler: str, space: str) -> list[dict]:
                 "seconds_per_output": row["seconds_per_output"]}
         for name in CURVE:
             line[name], line[f"{name}_sd"] = row[space][name], row[space][f"{name}_sd"]
-        vs = next(value for key, value in row.items() if key.startswith("vs_teacher_nfe"))
+        vs = row[f"vs_{reference}"]
         out.append({**line, "fd_vs_teacher": vs["fd_ratio"], "fd_vs_teacher_sd": vs["fd_ratio_sd"]})
     return out
