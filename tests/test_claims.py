@@ -14,8 +14,10 @@ def fid_metrics(fd: float, recall: float) -> dict:
 
 def test_a_run_records_the_generator_suite_scaling_and_cost():
     record = claims.run_record(fid_metrics(1.5, 0.9), {"n8": {"pick_over_uniform": {"fd_ratio": 0.95}}},
-                               {"seconds_per_step": 0.2, "peak_memory_mib": 100, "auxiliary_parameters": 7})
+                               {"seconds_per_step": 0.2, "peak_memory_mib": 100, "auxiliary_parameters": 7},
+                               {"test": {"trained": {"auc": 0.7, "memorisation_auc": 0.55}, "fitted": {"auc": 0.9}}})
     assert record["fd"] == 1.5 and record["recall"] == 0.9 and record["fd_eval_sd"] == 0.1
+    assert record["ratio_auc"] == 0.7 and record["memorisation_auc"] == 0.55  # as stage 2 left it, not refitted
     assert record["fd_over_teacher"] == 0.75 and record["fd_n8_over_uniform"] == 0.95
     assert record["class_consistency"] == 0.99 and record["auxiliary_parameters"] == 7
 

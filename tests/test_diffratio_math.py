@@ -140,3 +140,25 @@ def test_ratio_net_trained_on_two_gaussians_recovers_the_log_ratio_gradient():
         true = -(x - mu_q) / (b**2 + s**2) + (x - MU_P) / (A**2 + s**2)
         cosine = torch.nn.functional.cosine_similarity(grad.flatten(1), true.detach().flatten(1)).mean()
         assert cosine > 0.95, f"s={s}: cosine {cosine:.3f}"
+
+
+def test_r1_penalty_is_half_gamma_times_the_squared_input_gradient_and_trains_the_net():
+    """On a 'ratio net' d(x) = a * sum(x) * s the gradient is a * s in every pixel, so the penalty is
+    r1/2 * a^2 * mean(s^2) * D exactly, and it pulls a towards 0 through the double backward."""
+    a = torch.tensor(0.7, requires_grad=True)
+
+    def net(x, sigma, labels):
+        return a * x.flatten(1).sum(dim=1) * sigma
+
+    fake, real = torch.randn(64, 1, 2, 2), torch.randn(64, 1, 2, 2)
+    sigma = torch.exp(torch.randn(64))
+    torch.manual_seed(1)  # the same noise eps, eps' in both
+    plain, _ = ratio_loss(net, fake, real, None, sigma, Draws(64, torch.device("cpu")))
+    torch.manual_seed(1)
+    penalised, out = ratio_loss(net, fake, real, None, sigma, Draws(64, torch.device("cpu")), r1=3.0)
+    expected = sigma.square().mean() * 0.7**2 * 4
+    torch.testing.assert_close(out["r1"], expected)
+    torch.testing.assert_close(penalised - plain, 0.5 * 3.0 * expected)
+    (grad_plain,) = torch.autograd.grad(plain, a)
+    (grad_penalised,) = torch.autograd.grad(penalised, a)
+    torch.testing.assert_close(grad_penalised - grad_plain, 3.0 * sigma.square().mean() * 0.7 * 4)

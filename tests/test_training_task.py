@@ -12,7 +12,7 @@ from pipeline.networks.ratio_net import build_ratio_net, ratio_config
 from pipeline.runtime import Runtime
 from pipeline.training.loop import run_training
 from pipeline.training.pretraining import ScorePretraining
-from pipeline.training.task import Draws, TrainingTask
+from pipeline.training.task import Draws, TrainingTask, adam
 from tests.conftest import CPU, ROOT
 
 LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=24, lr_rampup_images=0,
@@ -111,3 +111,20 @@ def test_bf16_autocast_keeps_outputs_logits_and_losses_in_fp32():
         assert task.networks["score"].backbone.conv_out(torch.randn(1, 16, 8, 8)).dtype == torch.bfloat16
     logs = task.step()  # the whole update under autocast
     assert logs["loss"].dtype == torch.float32 and torch.isfinite(logs["loss"])
+
+
+def test_weight_decay_is_decoupled_and_zero_is_adam_exactly():
+    torch.manual_seed(0)
+    start = torch.randn(5)
+    weights = [start.clone().requires_grad_(True) for _ in range(3)]
+    zero_decay = adam([weights[0]], 1e-2, (0.0, 0.999), torch.device("cpu"))
+    plain = torch.optim.Adam([weights[1]], lr=1e-2, betas=(0.0, 0.999), foreach=True)
+    decayed = adam([weights[2]], 1e-2, (0.0, 0.999), torch.device("cpu"), weight_decay=0.5)
+    for _ in range(3):
+        gradient = torch.randn(5)
+        weights[0].grad, weights[1].grad = gradient.clone(), gradient.clone()
+        weights[2].grad = torch.zeros(5)  # no gradient: only the decay moves this one
+        for opt in (zero_decay, plain, decayed):
+            opt.step()
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], start)
+    torch.testing.assert_close(weights[2].detach(), start * (1 - 1e-2 * 0.5) ** 3)

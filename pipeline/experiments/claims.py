@@ -8,9 +8,10 @@
 Variants change one knob against the committed params: DiffRatio (the params as they are), the vsd
 baseline (as it is, and tuned), a randomly initialised generator, and the other divergences. TUNING holds the
 baseline's own tuning (and its noise levels tried on DiffRatio), run on stage-2 seeds the claims are not
-reported on; DURATION is stage 2 run longer. Every experiment shares the teacher, the data and the evaluation
-sets (top-level seed) and differs by `train.seed` only, so variants are compared seed by seed: for each seed the
-ratio of a variant's metric to DiffRatio's (KID: the difference), then the mean and sd of those over seeds. A
+reported on; DURATION is stage 2 run longer; ABLATION changes one of stage 2's knobs at a time. Every
+experiment shares the teacher, the data and the evaluation sets (top-level seed) and differs by `train.seed`
+only, so variants are compared seed by seed: for each seed the ratio of a variant's metric to DiffRatio's (KID:
+the difference), then the mean and sd of those over seeds. A
 difference is called resolved when the mean of the paired differences is more than twice their sd over seeds
 away from zero; otherwise it is reported as unresolved.
 DVC's run cache skips what is unchanged. Run it from a clean, committed workspace: queued experiments start
@@ -52,7 +53,19 @@ DURATION = {  # stage 2 run longer, paired with the default duration seed by see
     "twice_as_long": {"train.duration_images": 128000},
     "four_times_as_long": {"train.duration_images": 256000},
 }
-EVERY = {**VARIANTS, **TUNING, **DURATION}
+# What keeps stage 2's ratio net informative and honest, one knob at a time from the defaults (README: "A stage 2
+# that holds"): an R1 penalty on real data and decoupled weight decay against memorising the training images, two
+# ratio steps per generator step, the generator's update mass put where the ratio net is trained (w = 1 on the same
+# log-normal: equal in expectation to w = s^2 on a log-normal shifted by -2 p_std^2), a shorter and a longer EMA.
+ABLATION = {
+    "r1": {"train.ratio_r1": 0.1},
+    "weight_decay": {"train.ratio_weight_decay": 1.0},
+    "ratio_steps2": {"train.ratio_steps": 2},
+    "matched_noise": {"train.weighting": "uniform"},
+    "ema_short": {"train.ema_halflife_images": 2500},
+    "ema_long": {"train.ema_halflife_images": 10000},
+}
+EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
 PREFIX = "claims"
 SUITE = ("fd", "kid", "precision", "recall", "density", "coverage", "nn_distance")  # of the generator row
@@ -99,9 +112,11 @@ def _metrics(data: dict, file: str) -> dict | None:
     return ((data.get("metrics") or {}).get(file) or {}).get("data")
 
 
-def run_record(fid: dict, scale: dict | None, train: dict | None) -> dict:
+def run_record(fid: dict, scale: dict | None, train: dict | None, verifier: dict | None = None) -> dict:
     """What one experiment contributes: the generator row's suite in the primary space (means over the
-    evaluation sets, and their sd), its paired ratio to the teacher, scaling at N = 8, cost."""
+    evaluation sets, and their sd), its paired ratio to the teacher, scaling at N = 8, cost, and the ratio net as
+    stage 2 left it, on held-out test images: its AUC against the EMA generator's samples (informative: above
+    0.5) and between training and held-out real images (memorising: away from 0.5)."""
     space = fid["primary"]
     row = fid["generator"][space]
     record = {name: row[name] for name in SUITE}
@@ -112,6 +127,8 @@ def run_record(fid: dict, scale: dict | None, train: dict | None) -> dict:
         record["fd_n8_over_uniform"] = scale["n8"]["pick_over_uniform"]["fd_ratio"]
     for key in ("seconds_per_step", "peak_memory_mib", "auxiliary_parameters"):
         record[key] = (train or {}).get(key)
+    trained = ((verifier or {}).get("test") or {}).get("trained") or {}
+    record["ratio_auc"], record["memorisation_auc"] = trained.get("auc"), trained.get("memorisation_auc")
     return record
 
 
@@ -125,8 +142,8 @@ def collect(variants: list[str], seeds: list[int]) -> dict[str, dict]:
             data = found.get(experiment_name(variant, seed))
             fid = _metrics(data, "metrics/fid.json") if data else None
             if fid and "primary" in fid:  # finished, with the metric suite
-                runs[variant][seed] = run_record(fid, _metrics(data, "metrics/scale.json"),
-                                                 _metrics(data, "metrics/train.json"))
+                runs[variant][seed] = run_record(fid, *(_metrics(data, f"metrics/{name}.json")
+                                                        for name in ("scale", "train", "verifier")))
     return runs
 
 
@@ -167,7 +184,8 @@ def tables(runs: dict[str, dict[int, dict]], summaries: dict, comparisons: dict,
             return "-"
         return f"{stats['mean']:{fmt}} ± {stats['sd']:{fmt}}" if stats["sd"] is not None else f"{stats['mean']:{fmt}}"
 
-    columns = (*SUITE, "class_consistency", "fd_over_teacher", "fd_n8_over_uniform", "seconds_per_step")
+    columns = (*SUITE, "class_consistency", "fd_over_teacher", "fd_n8_over_uniform", "ratio_auc",
+               "memorisation_auc", "seconds_per_step")
     lines = ["Mean ± sd over stage-2 seeds (each seed's value is the mean over its evaluation sets).", "",
              "| variant | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for variant, summary in summaries.items():

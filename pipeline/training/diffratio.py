@@ -33,10 +33,10 @@ class DiffRatioTraining(OneStepTraining):
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
         sigma = sample_noise_levels(draws, self.p.ratio_noise)
-        loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws)
+        loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, self.p.ratio_r1)
         return loss, {"ratio_loss": loss, "acc_real": (logits["d_real"] < 0).float().mean(),
                       "acc_fake": (logits["d_fake"] > 0).float().mean(), "d_real": logits["d_real"].mean(),
-                      "d_fake": logits["d_fake"].mean()}
+                      "d_fake": logits["d_fake"].mean(), **({"r1": logits["r1"]} if "r1" in logits else {})}
 
     def generator_loss(self, x_gen, sigma, labels, draws):
         loss, out = generator_loss(self.networks["ratio"], x_gen, sigma, labels, self.divergence, self.p.weighting,

@@ -33,7 +33,8 @@ class OneStepTraining(TrainingTask, ABC):
         ema = {"generator": copy.deepcopy(generator).eval().requires_grad_(False)}
         optimizers = {
             "generator": adam(generator.parameters(), p.generator_lr, p.generator_betas, runtime.device),
-            self.auxiliary: adam(auxiliary.parameters(), p.ratio_lr, p.ratio_betas, runtime.device),
+            self.auxiliary: adam(auxiliary.parameters(), p.ratio_lr, p.ratio_betas, runtime.device,
+                                 p.ratio_weight_decay),
         }
         super().__init__(networks, ema, optimizers, p, runtime)
 

@@ -115,10 +115,13 @@ def gradient_norm(module: nn.Module) -> torch.Tensor:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
-    """Adam with CUDA's fused kernel; elsewhere the foreach one (on the CPU the same numbers as the plain loop)."""
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device, weight_decay: float = 0.0
+         ) -> torch.optim.Adam:
+    """Adam with CUDA's fused kernel; elsewhere the foreach one (on the CPU the same numbers as the plain loop).
+    `weight_decay` is decoupled (AdamW: each step shrinks the weights by lr * weight_decay); at 0 it is Adam."""
     cuda = device.type == "cuda"
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=cuda or None, foreach=None if cuda else True)
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=cuda or None,
+                             foreach=None if cuda else True)
 
 
 def guarded_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
