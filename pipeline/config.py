@@ -192,7 +192,7 @@ class TrainParams(LoopParams):
     generator_betas: tuple[float, float]
     ratio_betas: tuple[float, float]
     ratio_weight_decay: float = Field(ge=0)  # decoupled (AdamW) weight decay of the auxiliary net
-    ratio_r1: float = Field(ge=0)  # DiffRatio only: gamma of the R1 penalty on real data (ratio_losses.py)
+    ratio_r1: float = Field(ge=0)  # gamma of the R1 penalty on real data (ratio_losses.py); vsd ignores it
     diagnostic_levels: int = Field(ge=2)  # noise levels (log-spaced over ratio_noise's range) in the final report
     diagnostic_samples: int = Field(ge=2)  # real and generated samples per level
 
@@ -353,13 +353,6 @@ class Params(Section):
                 raise ValueError(f"{name}.batch_per_process = {loop.batch_per_process} does not divide the "
                                  f"{per} rows each process gets ({name}.batch_size / compute.processes): use a "
                                  f"divisor of {per}, or null")
-        return self
-
-    @model_validator(mode="after")
-    def _r1_for_ratio_net(self) -> Params:
-        if self.method == "vsd" and self.train.ratio_r1:
-            raise ValueError(f"train.ratio_r1 = {self.train.ratio_r1} penalises the ratio net, which method vsd "
-                             "does not train: set it to 0 for vsd")
         return self
 
     @model_validator(mode="after")

@@ -109,6 +109,16 @@ def test_interrupted_training_resumes_bit_exactly(tmp_path, method):
     assert set(resumed.diagnose()[0]) >= {"sigma", "update_norm", *columns}
 
 
+def test_vsd_ignores_the_ratio_nets_r1_penalty():
+    steps = {}
+    for r1 in (0.0, 1.0):
+        task, _, _ = make_task("vsd", ratio_r1=r1)
+        torch.manual_seed(2)
+        task.step()
+        steps[r1] = task.networks["fake_score"].state_dict()
+    assert all(torch.equal(value, steps[1.0][key]) for key, value in steps[0.0].items())
+
+
 def test_vsd_trains_the_fake_score_net_and_never_the_teacher():
     task, train, _ = make_task("vsd")
     teacher = copy.deepcopy(task.teacher.state_dict())

@@ -57,11 +57,6 @@ def test_cross_field_rules(params_dict):
     assert "set prepare.path" in error_of(params_dict)
 
 
-def test_r1_is_refused_for_the_baseline_that_has_no_ratio_net(params_dict):
-    params_dict["method"], params_dict["train"]["ratio_r1"] = "vsd", 1.0
-    assert "train.ratio_r1 = 1.0 penalises the ratio net" in error_of(params_dict)
-
-
 @pytest.mark.parametrize("key,value,message", [
     ("num_candidates", [], "at least 1 item"),
     ("num_candidates", [2, 4, 8], "start at 1"),
