@@ -119,10 +119,31 @@ def timed(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+class _Totals:
+    """Stands in for FlopCounterMode's per-module tracker, whose backward hooks make autograd.grad fail on a leaf
+    input (R1's double backward; pytorch issue 131753): every count goes to the one total the benchmark reads."""
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False
+
+
 def flops(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _Totals()
+    with counter:
         fn()
     return counter.get_total_flops()
+
+
+def cpu_model() -> str:
+    """The processor's name (Linux), so that --append never mixes two kinds of CPU in one file."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -359,7 +380,7 @@ def main() -> None:
         if args.step:
             print(json.dumps(training_step(args.setting, args.batch, args.step, device, args.steps, args.profile)))
             return
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_model()})"
         result = {"device": name, "threads": torch.get_num_threads(), "settings": {}}
         if args.append and Path(args.out).exists():
             result = read_json(args.out)
