@@ -54,11 +54,12 @@ DURATION = {  # stage 2 run longer, paired with the default duration seed by see
     "four_times_as_long": {"train.duration_images": 256000},
 }
 # What keeps stage 2's ratio net informative and honest, one knob at a time from the defaults (README: "A stage 2
-# that holds"): the R1 penalty on real data (a default since that ablation; no_r1 takes it away) and decoupled
-# weight decay against memorising the training images, two ratio steps per generator step, the generator's update
-# mass put where the ratio net is trained (w = 1 on the same log-normal: equal in expectation to w = s^2 on a
-# log-normal shifted by -2 p_std^2), a shorter and a longer EMA.
+# that holds"): an R1 penalty on real data (a default of params.yaml since that ablation, off in the presets; r1
+# sets it, no_r1 takes it away) and decoupled weight decay against memorising the training images, two ratio steps
+# per generator step, the generator's update mass put where the ratio net is trained (w = 1 on the same log-normal:
+# equal in expectation to w = s^2 on a log-normal shifted by -2 p_std^2), a shorter and a longer EMA.
 ABLATION = {
+    "r1": {"train.ratio_r1": 0.1},
     "no_r1": {"train.ratio_r1": 0.0},
     "weight_decay": {"train.ratio_weight_decay": 1.0},
     "ratio_steps2": {"train.ratio_steps": 2},
