@@ -6,7 +6,7 @@ default run's, so that results on other data are committed and reproducible with
 
 The copy (`.runs/<preset>/`, git-ignored) holds the repository's tracked files with presets/<preset>.yaml as
 its params.yaml, in a git repository of its own; `dvc repro` there reruns only what changed since the last
-run. Its metrics/ (JSON, CSV and grids) are then copied to metrics/<preset>/.
+run. Its metrics/ (JSON, CSV and grids) are then copied to metrics/<preset>/, over the files of the same names.
 """
 
 from __future__ import annotations
@@ -60,10 +60,14 @@ def main() -> None:
             raise SystemExit(f"error: `{' '.join(command)}` failed in {dest} (its output is above); fix the cause and "
                              "rerun: finished stages are not repeated")
     out = root / "metrics" / args.preset
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(dest / "metrics", out)
+    keep_metrics(dest / "metrics", out)
     print(f"metrics of the {args.preset} preset -> {out.relative_to(root)}")
+
+
+def keep_metrics(run: Path, out: Path) -> None:
+    """Copy the run's metrics into `out`, replacing the files of the same names; what other commands keep there
+    (e.g. the claims runner's reports and grids) stays."""
+    shutil.copytree(run, out, dirs_exist_ok=True)
 
 
 if __name__ == "__main__":
