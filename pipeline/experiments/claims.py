@@ -52,6 +52,7 @@ TUNING = {
 DURATION = {  # stage 2 run longer, paired with the default duration seed by seed
     "twice_as_long": {"train.duration_images": 128000},
     "four_times_as_long": {"train.duration_images": 256000},
+    "four_times_r1_strong": {"train.duration_images": 256000, "train.ratio_r1": 1.0},  # does 10x R1 hold it?
 }
 # What keeps stage 2's ratio net informative and honest, one knob at a time from the defaults (README: "A stage 2
 # that holds"): an R1 penalty on real data (a default of params.yaml since that ablation, off in the presets; r1
@@ -61,6 +62,7 @@ DURATION = {  # stage 2 run longer, paired with the default duration seed by see
 ABLATION = {
     "r1": {"train.ratio_r1": 0.1},
     "no_r1": {"train.ratio_r1": 0.0},
+    "r1_strong": {"train.ratio_r1": 1.0},
     "weight_decay": {"train.ratio_weight_decay": 1.0},
     "ratio_steps2": {"train.ratio_steps": 2},
     "matched_noise": {"train.weighting": "uniform"},
