@@ -175,6 +175,21 @@ class NoiseParams(Section):
         return self
 
 
+class AugmentParams(Section):
+    """Random operators on the ratio net's clean inputs, real and generated alike (pipeline/training/augment.py)."""
+
+    p: float = Field(ge=0, lt=1)  # probability of each operator per sample (0: off)
+    translate: float = Field(ge=0, lt=0.5)  # the largest integer shift, as a fraction of the side
+    xflip: bool  # also flip horizontally with probability p (leaks above p = 1/2: the flipped set is the same)
+
+    @model_validator(mode="after")
+    def _flip(self) -> AugmentParams:
+        if self.xflip and self.p >= 0.5:
+            raise ValueError(f"ratio_augment.p must be below 0.5 with xflip (got {self.p}): at 0.5 a set and its "
+                             "mirror image look the same to the ratio net, so it cannot tell the generator which")
+        return self
+
+
 class TrainParams(LoopParams):
     """Stage 2: a one-step generator G(z) = D(t_init z; t_init) and its auxiliary network (the ratio net for
     DiffRatio, the fake score net for the vsd baseline; the `ratio_*` knobs drive whichever it is)."""
@@ -193,6 +208,7 @@ class TrainParams(LoopParams):
     ratio_betas: tuple[float, float]
     ratio_weight_decay: float = Field(ge=0)  # decoupled (AdamW) weight decay of the auxiliary net
     ratio_r1: float = Field(ge=0)  # gamma of the R1 penalty on real data (ratio_losses.py); vsd ignores it
+    ratio_augment: AugmentParams  # DiffRatio: augment the ratio net's inputs; vsd ignores it
     diagnostic_levels: int = Field(ge=2)  # noise levels (log-spaced over ratio_noise's range) in the final report
     diagnostic_samples: int = Field(ge=2)  # real and generated samples per level
 

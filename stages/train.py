@@ -42,7 +42,8 @@ def main(params: Params, runtime: Runtime) -> None:
     task, auxiliary_config = build_task(params, teacher, score_config, data, runtime)
     generator, auxiliary = task.networks["generator"], task.networks[task.auxiliary]
     divergence = params.divergence if params.method == "diffratio" else "dikl"  # vsd: the reverse-KL gradient
-    r1 = p.ratio_r1 if params.method == "diffratio" else 0.0  # vsd has no ratio net to penalise
+    # vsd has no ratio net to penalise or augment for
+    r1, augment_p = (p.ratio_r1, p.ratio_augment.p) if params.method == "diffratio" else (0.0, 0.0)
     counts = {"generator_parameters": count_parameters(generator),
               "auxiliary_parameters": count_parameters(auxiliary)}
     run_id = run_fingerprint(params, divergence, score_config, encoder.config)
@@ -63,7 +64,8 @@ def main(params: Params, runtime: Runtime) -> None:
         write_csv(LEVELS, levels)
         last = state.curves[-1]
         write_json(METRICS, {
-            "method": params.method, "divergence": divergence, "ratio_r1": r1, "init": p.init, "seed": p.seed,
+            "method": params.method, "divergence": divergence, "ratio_r1": r1, "ratio_augment_p": augment_p,
+            "init": p.init, "seed": p.seed,
             "auxiliary": task.auxiliary, **counts,
             "auxiliary_over_generator_parameters": counts["auxiliary_parameters"] / counts["generator_parameters"],
             "images": state.images, "steps": state.steps, "skipped_steps": state.skipped,

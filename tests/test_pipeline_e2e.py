@@ -130,10 +130,11 @@ def test_experiments_and_metrics_diff(repo):
     run(repo, "dvc", "repro")  # a no-op after the test above
     run(repo, "git", "add", "-A")
     run(repo, "git", "commit", "-qm", "baseline run (dijs)")
-    output = run(repo, "dvc", "exp", "run", "-S", "divergence=dikl")
+    output = run(repo, "dvc", "exp", "run", "-S", "divergence=dikl", "-S", "train.ratio_augment.p=0.2")
     assert "Running stage 'train'" in output and "Running stage 'pretrain'" not in output
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["divergence"] == "dikl" and train["ratio_r1"] == tiny_params()["train"]["ratio_r1"] > 0
+    assert train["ratio_augment_p"] == 0.2
     diff = run(repo, "dvc", "metrics", "diff")
     assert "generator.hybrid.fd" in diff and "teacher.hybrid.fd" not in diff  # the teacher did not change
     assert "divergence" in run(repo, "dvc", "exp", "show", "--csv").splitlines()[0]
@@ -142,7 +143,7 @@ def test_experiments_and_metrics_diff(repo):
     assert "Running stage 'train'" in output and "Running stage 'pretrain'" not in output
     train = json.loads((repo / "metrics/train.json").read_text())
     assert train["method"] == "vsd" and train["auxiliary"] == "fake_score" and train["divergence"] == "dikl"
-    assert train["ratio_r1"] == 0.0  # the default R1 penalty has no ratio net to act on
+    assert train["ratio_r1"] == train["ratio_augment_p"] == 0.0  # no ratio net for R1 or augmentation to act on
     assert train["auxiliary_parameters"] == train["generator_parameters"]  # a full score net, unlike the ratio net
     scale = json.loads((repo / "metrics/scale.json").read_text())
     assert scale["verifier"] is None and "n1" in scale and "n2" not in scale

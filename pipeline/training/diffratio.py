@@ -1,7 +1,8 @@
 """Stage 2: DiffRatio training as a task for the shared loop, and its per-noise-level diagnostics.
 
 The auxiliary network is the ratio net, trained by logistic regression between noisy generated and noisy
-real samples; the generator follows h(r) grad_x d. No teacher network is evaluated.
+real samples; the generator follows h(r) grad_x d. No teacher network is evaluated. With train.ratio_augment on,
+both losses see augmented clean samples (augment.py); the diagnostics see them as they are.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.ratio_net import RatioNet
 from pipeline.runtime import Runtime
+from pipeline.training.augment import augment
 from pipeline.training.divergences import Divergence
 from pipeline.training.noise_levels import sample_noise_levels
 from pipeline.training.one_step import OneStepTraining
@@ -31,7 +33,8 @@ class DiffRatioTraining(OneStepTraining):
     def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_real, labels = self.batch(draws)
         with torch.no_grad():
-            x_fake = self.generate(labels, draws)
+            x_fake = augment(self.generate(labels, draws), self.p.ratio_augment, draws)
+        x_real = augment(x_real, self.p.ratio_augment, draws)
         sigma = sample_noise_levels(draws, self.p.ratio_noise)
         loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, self.p.ratio_r1)
         return loss, {"ratio_loss": loss, "acc_real": (logits["d_real"] < 0).float().mean(),
@@ -39,6 +42,7 @@ class DiffRatioTraining(OneStepTraining):
                       "d_fake": logits["d_fake"].mean(), **({"r1": logits["r1"]} if "r1" in logits else {})}
 
     def generator_loss(self, x_gen, sigma, labels, draws):
+        x_gen = augment(x_gen, self.p.ratio_augment, draws)
         loss, out = generator_loss(self.networks["ratio"], x_gen, sigma, labels, self.divergence, self.p.weighting,
                                    self.p.logit_clamp, noise=draws.randn(*x_gen.shape[1:]))
         return loss, {"h_mean": out["h"].mean()}
