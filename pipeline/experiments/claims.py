@@ -53,12 +53,14 @@ DURATION = {  # stage 2 run longer, paired with the default duration seed by see
     "twice_as_long": {"train.duration_images": 128000},
     "four_times_as_long": {"train.duration_images": 256000},
     "four_times_r1_strong": {"train.duration_images": 256000, "train.ratio_r1": 1.0},  # does 10x R1 hold it?
+    "four_times_augment": {"train.duration_images": 256000, "train.ratio_augment.p": 0.25},  # does augmenting?
 }
 # What keeps stage 2's ratio net informative and honest, one knob at a time from the defaults (README: "A stage 2
 # that holds"): an R1 penalty on real data (a default of params.yaml since that ablation, off in the presets; r1
 # sets it, no_r1 takes it away) and decoupled weight decay against memorising the training images, two ratio steps
 # per generator step, the generator's update mass put where the ratio net is trained (w = 1 on the same log-normal:
-# equal in expectation to w = s^2 on a log-normal shifted by -2 p_std^2), a shorter and a longer EMA.
+# equal in expectation to w = s^2 on a log-normal shifted by -2 p_std^2), a shorter and a longer EMA, and the
+# ratio net's inputs augmented (shifts; shifts and flips where the data are mirror-symmetric, as photographs are).
 ABLATION = {
     "r1": {"train.ratio_r1": 0.1},
     "no_r1": {"train.ratio_r1": 0.0},
@@ -68,6 +70,8 @@ ABLATION = {
     "matched_noise": {"train.weighting": "uniform"},
     "ema_short": {"train.ema_halflife_images": 2500},
     "ema_long": {"train.ema_halflife_images": 10000},
+    "augment": {"train.ratio_augment.p": 0.25},
+    "augment_xflip": {"train.ratio_augment.p": 0.25, "train.ratio_augment.xflip": True},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
