@@ -19,20 +19,20 @@ from pipeline.config import AugmentParams
 from pipeline.training.task import Draws
 
 
-def augment(x: torch.Tensor, p: AugmentParams, draws: Draws) -> torch.Tensor:
+def augment(x: torch.Tensor, settings: AugmentParams, draws: Draws) -> torch.Tensor:
     """T(x) for a batch [n, C, H, W], one draw of T per row from `draws` (so every pass of a step sees the same
-    draws); x itself when p.p is 0, drawing nothing."""
-    if p.p == 0:
+    draws); x itself when settings.p is 0, drawing nothing."""
+    if settings.p == 0:
         return x
     n, _, height, width = x.shape
-    margin = round(p.translate * min(height, width))
-    shift = draws.rand() < p.p
+    margin = round(settings.translate * min(height, width))
+    shift = draws.rand() < settings.p
     dy = torch.where(shift, draws.randint(2 * margin + 1) - margin, 0)
     dx = torch.where(shift, draws.randint(2 * margin + 1) - margin, 0)
     rows = torch.arange(height, device=x.device) + margin + dy[:, None]  # [n, H] indices into the padded image
     cols = torch.arange(width, device=x.device)
-    if p.xflip:
-        flip = draws.rand() < p.p
+    if settings.xflip:
+        flip = draws.rand() < settings.p
         cols = torch.where(flip[:, None], width - 1 - cols, cols)
     cols = cols + margin + dx[:, None]  # [n, W]
     padded = torch.nn.functional.pad(x, (margin,) * 4, mode="reflect") if margin else x
