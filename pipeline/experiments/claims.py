@@ -59,7 +59,8 @@ DURATION = {  # stage 2 run longer, paired with the default duration seed by see
 # that holds"): an R1 penalty on real data (a default of params.yaml since that ablation, off in the presets; r1
 # sets it, no_r1 takes it away) and decoupled weight decay against memorising the training images, two ratio steps
 # per generator step, the generator's update mass put where the ratio net is trained (w = 1 on the same log-normal:
-# equal in expectation to w = s^2 on a log-normal shifted by -2 p_std^2), a shorter and a longer EMA, and the
+# equal in expectation to w = s^2 on a log-normal shifted by -2 p_std^2; or each sample's update scaled to unit mean
+# magnitude, whatever its level), a shorter and a longer EMA, and the
 # ratio net's inputs augmented (shifts; shifts and flips where the data are mirror-symmetric, as photographs are).
 ABLATION = {
     "r1": {"train.ratio_r1": 0.1},
@@ -68,6 +69,7 @@ ABLATION = {
     "weight_decay": {"train.ratio_weight_decay": 1.0},
     "ratio_steps2": {"train.ratio_steps": 2},
     "matched_noise": {"train.weighting": "uniform"},
+    "normalized_weighting": {"train.weighting": "normalized"},
     "ema_short": {"train.ema_halflife_images": 2500},
     "ema_long": {"train.ema_halflife_images": 10000},
     "augment": {"train.ratio_augment.p": 0.25},
