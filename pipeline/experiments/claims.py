@@ -61,8 +61,8 @@ DURATION = {  # stage 2 run longer, paired with the default duration seed by see
 # per generator step, the generator's update mass put where the ratio net is trained (w = 1 on the same log-normal:
 # equal in expectation to w = s^2 on a log-normal shifted by -2 p_std^2; or each sample's update scaled to unit mean
 # magnitude, whatever its level), a shorter and a longer EMA, the balance of the two players (the ratio net's rate
-# halved, or the generator's doubled: on the photographs the ratio net's loss falls well below log 4 over training,
-# it outruns the generator), and the ratio net's inputs augmented (shifts; shifts and flips where the data are
+# halved or doubled, the generator's doubled: on the photographs the ratio net's loss falls well below log 4 late in
+# training), and the ratio net's inputs augmented (shifts; shifts and flips where the data are
 # mirror-symmetric, as photographs are).
 ABLATION = {
     "r1": {"train.ratio_r1": 0.1},
@@ -76,6 +76,7 @@ ABLATION = {
     "ema_long": {"train.ema_halflife_images": 10000},
     "slow_ratio": {"train.ratio_lr": 0.0001},
     "fast_generator": {"train.generator_lr": 0.0004},
+    "fast_ratio": {"train.ratio_lr": 0.0004},
     "augment": {"train.ratio_augment.p": 0.25},
     "augment_xflip": {"train.ratio_augment.p": 0.25, "train.ratio_augment.xflip": True},
 }
