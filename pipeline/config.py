@@ -7,7 +7,7 @@ tracks it and `dvc params diff` shows it. Unknown keys are errors (a typo must n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,6 +33,8 @@ class ComputeParams(Section):
     tf32: bool  # CUDA: TF32 tensor cores for the fp32 matmuls and convolutions
     channels_last: bool  # NHWC memory layout of the trained networks
     compile: bool  # torch.compile the trained networks
+    threads: Annotated[int, Field(ge=1)] | Literal["auto"]  # CPU threads of each process; auto: this process's cores
+    # shared out among the processes that run at once (torchrun's local processes, a DVC queue's jobs)
 
 
 class PrepareParams(Section):

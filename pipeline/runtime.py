@@ -157,6 +157,41 @@ def _check_world(compute: ComputeParams) -> None:
                             f"--nproc-per-node {compute.processes}`, or set compute.processes")
 
 
+def queue_jobs() -> int:
+    """How many experiments a DVC queue runs at once, when this process is one of them (DVC sets DVC_EXP_NAME
+    in a queued experiment's environment): the queue's worker processes, `dvc exp queue-worker` each, counted
+    in /proc. 1 otherwise, or where /proc cannot tell."""
+    if "DVC_EXP_NAME" not in os.environ:
+        return 1
+    workers = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:  # the process ended, or is not ours to read
+            continue
+        if b"queue-worker" in argv[:-1]:
+            workers.add(argv[argv.index(b"queue-worker") + 1])  # the worker's node name
+    return max(1, len(workers))
+
+
+def thread_count(setting: int | str, local_processes: int) -> int:
+    """CPU threads for one process: the setting, or for `auto` the cores this process may run on shared out
+    among the processes that run at once on this machine (torchrun's local processes times a DVC queue's jobs):
+    two torch processes that each use every core slow each other far more than their share."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // (local_processes * queue_jobs()))
+
+
+def set_threads(count: int) -> None:
+    """torch's intra-op threads and the BLAS/OpenMP pools numpy, scipy and scikit-learn use."""
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(count)
+    threadpool_limits(count)
+
+
 def cuda_placement(local_rank: int, local_world: int, gpus: int) -> tuple[torch.device, str]:
     """A process's GPU and the process group's backend: one process per GPU over NCCL; more processes than GPUs
     share them round-robin over gloo (NCCL refuses two ranks on one GPU), e.g. two ranks against one on a
@@ -171,6 +206,7 @@ def start(device_setting: str, compute: ComputeParams, distributed: bool) -> Run
         _die_with_agent()
         _check_world(compute)
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    set_threads(thread_count(compute.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     device = pick_device(device_setting)
     rank = int(os.environ.get("RANK", "0")) if distributed else 0
     backend = "gloo"

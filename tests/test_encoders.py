@@ -26,7 +26,7 @@ from pipeline.runtime import Runtime
 from pipeline.training.task import Draws
 
 CPU = torch.device("cpu")
-COMPUTE = ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False, compile=False)
+COMPUTE = ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False, compile=False, threads="auto")
 RUNTIME = Runtime(CPU, COMPUTE)
 
 

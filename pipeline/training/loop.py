@@ -59,9 +59,9 @@ class LoopState:
 
 def fingerprint(*parts: object, compute: ComputeParams) -> str:
     """A short hash of everything that defines a run (params, input artifacts, and the numerics settings of
-    `compute`: precision, TF32, layout, compile; not the process count, which does not change the result):
-    resume only on equality."""
-    blob = json.dumps([*parts, compute.model_dump(exclude={"processes"})], sort_keys=True, default=str).encode()
+    `compute`: precision, TF32, layout, compile; not the process or thread counts, which change at most the
+    float rounding): resume only on equality."""
+    blob = json.dumps([*parts, compute.model_dump(exclude={"processes", "threads"})], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
