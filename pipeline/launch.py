@@ -1,7 +1,9 @@
 """`python -m pipeline.launch [--nproc-per-node N] stages.<name>`: a distributed stage under torchrun, on one
 node or on several (dvc.yaml's commands).
 
-One node, the default: exactly `torchrun --standalone --nproc-per-node N -m stages.<name>`. Several nodes: every
+One node, the default: exactly `torchrun --standalone --nproc-per-node N -m stages.<name>`; with N = 1 the stage
+runs in this process instead (as `python -m stages.<name>`: the same code path, without torchrun's agent and a
+second interpreter, whose start-up alone costs seconds a stage on a small CPU). Several nodes: every
 node runs the same stage with these set in its environment (not in params.yaml: they differ between nodes, and
 the results do not depend on them):
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
 import signal
 import sys
 import threading
@@ -142,6 +145,10 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(2)
     end_with_starter()
+    if nproc == 1 and rendezvous == ["--standalone"]:
+        sys.argv = [args.module, *args.args]
+        runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+        return
     os.environ["DIFFRATIO_AGENT_PID"] = str(os.getpid())  # the workers' parent: see pipeline.runtime.start
     torchrun([*rendezvous, "--nproc-per-node", str(nproc), "-m", args.module, *args.args])
 
