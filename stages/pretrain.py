@@ -17,6 +17,7 @@ from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.models import build_denoiser, denoiser_config, save_denoiser
 from pipeline.networks.published.convert import check_data_matches
 from pipeline.networks.unet import count_parameters
+from pipeline.randomness import seed_of, seed_torch
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 from pipeline.training.loop import fingerprint, run_training
@@ -54,7 +55,7 @@ def main(params: Params, runtime: Runtime) -> None:
         return use_published(params, data_config, runtime)
     config = denoiser_config(p.network, data_config["resolution"], data_config["channels"],
                              data_config["num_classes"] if p.class_conditional else 0, p.sigma_data)
-    torch.manual_seed(params.seed)
+    seed_torch("pretrain_init", params.seed)
     net = build_denoiser(config).to(device)
     task = ScorePretraining(net, TrainingData(encoder, shards, labels, device), p, runtime)
     run_id = run_fingerprint(params, data_config)
@@ -69,7 +70,8 @@ def main(params: Params, runtime: Runtime) -> None:
                              "skipped_steps": state.skipped, "final_loss": state.curves[-1]["loss"],
                              "processes": runtime.world, "seconds_this_run": time.perf_counter() - started})
 
-    state = run_training(task, p, CHECKPOINT, run_id, runtime, "pretrain", finish, params.seed)
+    state = run_training(task, p, CHECKPOINT, run_id, runtime, "pretrain", finish,
+                         seed_of("pretrain_training", params.seed))
     if runtime.main:
         console.print(f"score net: {count_parameters(net):,} parameters, {state.images:,} images -> {OUT}/score")
 

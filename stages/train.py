@@ -18,6 +18,7 @@ from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import generator_config, save_generator
 from pipeline.networks.models import load_denoiser
 from pipeline.networks.unet import count_parameters
+from pipeline.randomness import seed_of
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 from pipeline.training.loop import fingerprint, run_training
@@ -75,7 +76,8 @@ def main(params: Params, runtime: Runtime) -> None:
             "processes": runtime.world, "precision": params.compute.precision,
             "seconds_this_run": time.perf_counter() - started})
 
-    state = run_training(task, p, CHECKPOINT, run_id, runtime, f"train {params.method} ({divergence})", finish, p.seed)
+    state = run_training(task, p, CHECKPOINT, run_id, runtime, f"train {params.method} ({divergence})", finish,
+                         seed_of("stage2_training", p.seed))
     if runtime.main:
         console.print(f"{params.method} ({divergence}): generator {counts['generator_parameters']:,} and "
                       f"{task.auxiliary} {counts['auxiliary_parameters']:,} parameters, {state.images:,} images -> {OUT}")

@@ -22,14 +22,9 @@ from pipeline.networks.generator import load_generator
 from pipeline.networks.ratio_net import load_ratio_net
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws, rng, seed_of, seed_torch
 
 OUT, METRICS, CURVE = "data/verifier", "metrics/verifier.json", "metrics/verifier_curve.csv"
-
-
-def stream_seed(*key: int) -> int:
-    """A torch seed of its own for each use, so that no draw here repeats a scored sample's noise."""
-    return int(np.random.default_rng(list(key)).integers(2**62))
 
 
 def model_space(encoder, data: PreparedData, which: int, positions: np.ndarray, batch_size: int,
@@ -67,9 +62,9 @@ def main(params: Params, runtime: Runtime) -> None:
 
     sizes = [p.validation_images, p.calibration_images, p.test_images]
     positions = held_out_parts(prepared.labels[prepared.split == HOLDOUT], sizes, params.seed)
-    training_positions = np.sort(np.random.default_rng([params.seed, 6]).permutation(prepared.count(TRAIN))
+    training_positions = np.sort(rng("verifier_training_rows", params.seed).permutation(prepared.count(TRAIN))
                                  [: p.test_images])
-    torch.manual_seed(stream_seed(params.seed, 7))  # the posterior samples (sd-vae), generated samples and noise
+    seed_torch("verifier_samples", params.seed)  # the posterior samples (sd-vae), generated samples and noise
     parts = {}
     for name, rows in zip(PARTS, positions):
         real, real_labels = model_space(encoder, prepared, HOLDOUT, rows, p.batch_size, device)
@@ -78,7 +73,7 @@ def main(params: Params, runtime: Runtime) -> None:
     training_real = training_real + p.sigma * torch.randn_like(training_real)
 
     verifier, report = fit_verifier(ratio, generator, data, parts, training_real, conditioning(training_labels), p,
-                                    conditional, runtime, stream_seed(params.train.seed, 8))
+                                    conditional, runtime, seed_of("verifier_training", params.train.seed))
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
         save_verifier(tmp, verifier, ratio_config, {"best_step": report["best_step"]})

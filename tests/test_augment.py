@@ -8,7 +8,7 @@ from torch.nn import functional as F
 
 from pipeline.config import AugmentParams
 from pipeline.training.augment import augment
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 from tests.test_diffratio_training import make_task
 
 

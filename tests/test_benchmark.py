@@ -7,7 +7,7 @@ from pipeline.experiments.benchmark import flops
 from pipeline.networks.models import denoiser_config
 from pipeline.networks.ratio_net import build_ratio_net, ratio_config
 from pipeline.training.ratio_losses import ratio_loss
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 from tests.conftest import ROOT
 
 

@@ -7,7 +7,7 @@ from torch import nn
 
 from pipeline.generation.sampling import edm_heun, heun_sigmas
 from pipeline.networks.preconditioning import Denoiser, edm_coefficients, edm_loss, loss_weight, score
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 SD = 0.5
 

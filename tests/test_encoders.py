@@ -23,7 +23,7 @@ from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 CPU = torch.device("cpu")
 COMPUTE = ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False, compile=False, threads="auto")

@@ -12,7 +12,8 @@ from pipeline.networks.ratio_net import build_ratio_net, ratio_config
 from pipeline.runtime import Runtime
 from pipeline.training.loop import run_training
 from pipeline.training.pretraining import ScorePretraining
-from pipeline.training.task import Draws, TrainingTask, adam
+from pipeline.randomness import Draws
+from pipeline.training.task import TrainingTask, adam
 from tests.conftest import CPU, ROOT
 
 LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=24, lr_rampup_images=0,

@@ -34,7 +34,7 @@ from pipeline.artifacts import read_json, require, write_json
 from pipeline.datasets.prepared import TRAIN, PreparedData
 from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 SIGMA_DATA = 0.5  # the std the whitened latents are scaled to (EDM's sigma_data)
 # EDM2's per-channel statistics of sd-vae-ft-mse latents of ImageNet-512 (Karras et al. 2024), used as they are

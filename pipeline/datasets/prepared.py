@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import randomness
 from pipeline.artifacts import atomic_path, read_json, require, write_json
 from pipeline.config import PrepareParams
 from pipeline.datasets import sources as data_sources
@@ -46,7 +47,7 @@ def select(listing: data_sources.Listing, p: PrepareParams, seed: int) -> tuple[
     """Indices to read (a seeded subset if max_images) and the held-out flag of each. The held-out images are
     class-balanced (as equal a count per class as the classes allow), so that label-matched real draws of the
     evaluation protocol can be taken from them."""
-    rng = np.random.default_rng(seed)
+    rng = randomness.rng("data_split", seed)
     count = len(listing.labels)
     indices = np.arange(count)
     if p.max_images is not None and p.max_images < count:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipeline import randomness
 from pipeline.errors import PipelineError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
@@ -155,7 +156,7 @@ def photos(resolution: int, seed: int) -> Listing:
     for photo, image in enumerate(bunch.images):
         height, width = image.shape[:2]
         for side in PHOTO_CROP_SIDES:
-            rng = np.random.default_rng([seed, photo, side])
+            rng = randomness.rng("photo_crops", seed, photo, side)
             top0, left0 = rng.integers(0, height % side + 1), rng.integers(0, width % side + 1)
             records += [(photo, top, left, side) for top in range(top0, height - side + 1, side)
                         for left in range(left0, width - side + 1, side)]
@@ -172,11 +173,11 @@ def photos(resolution: int, seed: int) -> Listing:
 
 def synthetic(count: int, resolution: int, seed: int) -> Listing:
     """Ten classes of coloured sinusoidal gratings; the class sets the orientation."""
-    labels = np.random.default_rng(seed).integers(0, 10, count)
+    labels = randomness.rng("synthetic_labels", seed).integers(0, 10, count)
     yy, xx = np.mgrid[0:resolution, 0:resolution] / resolution
 
     def read(i: int) -> np.ndarray:
-        rng = np.random.default_rng([seed, i])  # per-record stream: any subset reads the same pixels
+        rng = randomness.rng("synthetic_images", seed, i)  # per-record stream: any subset reads the same pixels
         angle = np.pi * labels[i] / 10
         phase, freq = rng.uniform(0, 2 * np.pi), rng.uniform(2, 4)
         wave = np.sin(2 * np.pi * freq * (np.cos(angle) * xx + np.sin(angle) * yy) + phase)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 DEVICE_SHARE = 0.25  # the largest fraction of a GPU's memory the training set may take there
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from pipeline import randomness
 from pipeline.config import BatteryParams, Params
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.errors import PipelineError
@@ -86,10 +87,10 @@ def degraded_sets(floor: list[tuple[np.ndarray, np.ndarray]], floor_positions: n
     (the held-out split: its labels and a reader of its images) supplies the images of dropped classes."""
     if num_classes > 1 and p.dropped_classes[-1] >= num_classes:
         raise PipelineError(f"battery.dropped_classes = {p.dropped_classes} must stay below the {num_classes} classes")
-    order = np.random.default_rng([seed, 6]).permutation(num_classes)  # dropped first: drop 3 includes drop 1
+    order = randomness.rng("battery_class_order", seed).permutation(num_classes)  # dropped first: drop 3 includes drop 1
     sets: dict[str, list] = {}
     for k, (images, labels) in enumerate(floor):
-        rng = np.random.default_rng([seed, 7, k])
+        rng = randomness.rng("battery_sets", seed, k)
 
         def add(name: str, degraded: np.ndarray) -> None:
             sets.setdefault(name, []).append((degraded, labels))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline import randomness
 from pipeline.errors import PipelineError
 
 
@@ -33,7 +34,7 @@ def disjoint_draws(labels: np.ndarray, counts: np.ndarray, num_sets: int, seed: 
                    class_names: list[str]) -> list[np.ndarray]:
     """`num_sets` disjoint draws of positions into `labels` (a pool of real images), each with counts[c] images of
     class c: set k takes the k-th block of each class's seeded permutation. Positions come sorted."""
-    rng = np.random.default_rng([seed, 2])
+    rng = randomness.rng("evaluation_draws", seed)
     blocks = []
     for c, count in enumerate(counts):
         members = np.flatnonzero(labels == c)

@@ -28,6 +28,7 @@ from cleanfid.fid import kernel_distance
 from prdc import compute_prdc
 from sklearn.metrics import pairwise_distances
 
+from pipeline import randomness
 from pipeline.evaluation.frechet import frechet_distance, moments
 
 # name: the direction in which it is better (None: neither; e.g. nn_distance is low for copies, high for junk)
@@ -55,7 +56,7 @@ def kid_per_subset(real: np.ndarray, features: np.ndarray, subsets: int, seed: i
     RNG: it is seeded here (and restored after), so a set's KID is reproducible and sets scored with the same
     seed share their reference subsets. The mean equals clean-fid's kernel_distance(..., num_subsets=subsets)."""
     state = np.random.get_state()
-    np.random.seed(seed)
+    np.random.seed(randomness.seed_of("kid_subsets", seed))
     try:
         return np.array([kernel_distance(real, features, num_subsets=1) for _ in range(subsets)])
     finally:

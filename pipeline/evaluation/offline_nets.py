@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.randomness import seed_of, seed_torch
+
 FEATURE_SPACES = ("autoencoder", "classifier", "hybrid")
 MIN_SIDE = 2  # the autoencoder halves the image down to this side
 
@@ -136,7 +138,7 @@ class OfflineFeatures(nn.Module):
 def fit(net: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: np.ndarray,
         labels: np.ndarray, epochs: int, batch_size: int, lr: float, device: torch.device, seed: int) -> nn.Module:
     """Adam on minibatches of (images, labels) in a seeded order; returns the net frozen, in eval mode."""
-    order_rng = torch.Generator().manual_seed(seed)
+    order_rng = torch.Generator().manual_seed(seed)  # a seed of the offline_batches stream
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     y_all = torch.as_tensor(labels, dtype=torch.long)
     for _ in range(epochs):
@@ -152,17 +154,18 @@ def fit(net: nn.Module, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tenso
 
 def train_classifier(images, labels, num_classes: int, feature_dim: int, epochs: int, batch_size: int, lr: float,
                      device: torch.device, seed: int) -> Classifier:
-    torch.manual_seed(seed)
+    seed_torch("offline_init", seed, 0)
     net = Classifier(images.shape[-1], num_classes, feature_dim).to(device)
-    return fit(net, lambda x, y: F.cross_entropy(net(x), y), images, labels, epochs, batch_size, lr, device, seed)
+    return fit(net, lambda x, y: F.cross_entropy(net(x), y), images, labels, epochs, batch_size, lr, device,
+               seed_of("offline_batches", seed, 0))
 
 
 def train_autoencoder(images, dim: int, epochs: int, batch_size: int, lr: float, device: torch.device,
                       seed: int) -> AutoEncoder:
-    torch.manual_seed(seed)
+    seed_torch("offline_init", seed, 1)
     net = AutoEncoder(images.shape[-1], images.shape[1], dim).to(device)
     return fit(net, lambda x, _: F.mse_loss(net.reconstruct(x), _unit(x)), images, np.zeros(len(images)), epochs,
-               batch_size, lr, device, seed)
+               batch_size, lr, device, seed_of("offline_batches", seed, 1))
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import randomness
 from pipeline.artifacts import (
     atomic_path,
     load_arrays,
@@ -158,7 +159,7 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
     extractors = [Extractor(p.features, offline, runtime.device)]
     if inception:
         extractors.append(inception_extractor(find_inception(p.inception_path), runtime.device, p.inception_mode))
-    reference_rows = np.sort(np.random.default_rng([params.seed, 3]).permutation(len(train_labels))[: p.max_features])
+    reference_rows = np.sort(randomness.rng("reference_features", params.seed).permutation(len(train_labels))[: p.max_features])
     spaces, space_info = [], {}
     for extractor in extractors:
         progress(f"{extractor.name} features of the training split")
@@ -243,7 +244,7 @@ def offline_training_images(data: PreparedData, max_images: int | None, seed: in
     count = data.count(TRAIN)
     if max_images is None or max_images >= count:
         return data.part(TRAIN)
-    rows = np.sort(np.random.default_rng([seed, 4]).permutation(count)[:max_images])
+    rows = np.sort(randomness.rng("offline_subset", seed).permutation(count)[:max_images])
     return next(data.batches(TRAIN, max_images, rows))
 
 

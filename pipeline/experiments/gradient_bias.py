@@ -27,10 +27,11 @@ from torch.nn import functional as F
 
 from pipeline.config import GradientBiasParams
 from pipeline.networks.preconditioning import Denoiser, denoising_loss, edm_coefficients
+from pipeline.randomness import seed_torch
 from pipeline.training.divergences import DIVERGENCES
 from pipeline.training.noise_levels import sample_noise_levels
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 from pipeline.training.vsd import score_difference_loss
 
 
@@ -123,7 +124,7 @@ def compare(estimate: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
 def run(p: GradientBiasParams, seed: int) -> list[dict]:
     """One seed: every method's gradient error at every budget in p.budgets (networks trained once, to the
     largest budget, and evaluated on the way)."""
-    torch.manual_seed(seed)
+    seed_torch("gradient_bias", seed)
     data = GaussianMixture(torch.randn(p.components, p.dim) * p.mean_scale, p.component_std)
     generator = DiagonalGaussianGenerator(torch.randn(p.dim) * p.mean_scale, torch.full((p.dim,), p.generator_std))
     sigma_data = math.sqrt(p.mean_scale**2 + p.component_std**2)

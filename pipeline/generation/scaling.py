@@ -19,12 +19,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from pipeline import randomness
 from pipeline.generation.sampling import balanced_labels, seeded_noise
 
 
 def gumbel_noise(seed: int, outputs: np.ndarray, num_candidates: int) -> torch.Tensor:
     """Standard Gumbel draws, one row per output, from a stream keyed by (seed, output index)."""
-    rows = [np.random.default_rng([seed, int(i)]).gumbel(size=num_candidates) for i in outputs]
+    rows = [randomness.rng("scaling_picks", seed, int(i)).gumbel(size=num_candidates) for i in outputs]
     return torch.as_tensor(np.stack(rows), dtype=torch.float32)
 
 

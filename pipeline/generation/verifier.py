@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline import randomness
 from pipeline.artifacts import load_module, read_json, require, save_weights, write_json
 from pipeline.config import VerifierParams
 from pipeline.datasets.training_data import TrainingData
@@ -82,7 +83,7 @@ def held_out_parts(labels: np.ndarray, sizes: list[int], seed: int) -> list[np.n
         raise PipelineError(f"verifier parts of {' + '.join(map(str, sizes))} images need more than the "
                             f"{len(labels)} held-out images: lower verifier.validation_images, calibration_images "
                             "or test_images, or raise prepare.holdout")
-    rng = np.random.default_rng([seed, 5])
+    rng = randomness.rng("verifier_parts", seed)
     rank = np.empty(len(labels))
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)

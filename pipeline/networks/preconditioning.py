@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import AugmentParams
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 
 def augment(x: torch.Tensor, settings: AugmentParams, draws: Draws) -> torch.Tensor:

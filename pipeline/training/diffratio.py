@@ -19,7 +19,7 @@ from pipeline.training.divergences import Divergence
 from pipeline.training.noise_levels import sample_noise_levels
 from pipeline.training.one_step import OneStepTraining
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 
 class DiffRatioTraining(OneStepTraining):

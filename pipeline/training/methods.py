@@ -12,6 +12,7 @@ from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.models import build_denoiser
 from pipeline.networks.preconditioning import Denoiser
 from pipeline.networks.ratio_net import build_ratio_net, init_from_score, ratio_config
+from pipeline.randomness import seed_torch
 from pipeline.runtime import Runtime
 from pipeline.training.diffratio import DiffRatioTraining
 from pipeline.training.divergences import DIVERGENCES
@@ -25,7 +26,7 @@ def build_task(params: Params, teacher: Denoiser, score_config: dict, data: Trai
     train.seed first, so the fresh parts (a random generator, the ratio net's head) are reproducible."""
     p = params.train
     conditional = score_config["num_classes"] > 0
-    torch.manual_seed(p.seed)
+    seed_torch("stage2_init", p.seed)
     start = copy.deepcopy(teacher) if p.init == "teacher" else build_denoiser(score_config).to(runtime.device)
     generator = OneStepGenerator(start, p.t_init).requires_grad_(True)
     if params.method == "diffratio":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.config import NoiseParams
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 
 def sample_noise_levels(draws: Draws, p: NoiseParams) -> torch.Tensor:

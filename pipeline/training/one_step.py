@@ -20,7 +20,8 @@ from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.runtime import Runtime
 from pipeline.training.noise_levels import sample_noise_levels
-from pipeline.training.task import Draws, TrainingTask, adam
+from pipeline.randomness import Draws
+from pipeline.training.task import TrainingTask, adam
 
 
 class OneStepTraining(TrainingTask, ABC):

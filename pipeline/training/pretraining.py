@@ -10,7 +10,8 @@ from pipeline.config import PretrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.preconditioning import Denoiser, edm_loss
 from pipeline.runtime import Runtime
-from pipeline.training.task import Draws, TrainingTask, adam
+from pipeline.randomness import Draws
+from pipeline.training.task import TrainingTask, adam
 
 
 class ScorePretraining(TrainingTask):

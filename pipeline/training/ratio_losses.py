@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from pipeline.training.divergences import Divergence
 from pipeline.training.noise_levels import noise_weight
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,

@@ -2,11 +2,9 @@
 
 A step's batch (the loop's batch_size) is split into contiguous rows: each process takes its rows and
 runs them in passes of `batch_per_process`, accumulating gradients; DDP averages them over processes.
-Every random number of the step is drawn for the whole global batch from the RNG state all processes
-share, and each pass keeps its own rows (`Draws`). The step therefore sees the same samples, noise and
-labels, and its gradient is the same batch mean (up to float rounding), for any split. What the networks
-draw themselves (dropout masks) comes, with several processes, from each process's own stream
-(`ProcessStream`), so that processes do not mask their rows alike.
+Every random number of the step is drawn for the whole global batch (pipeline.randomness.Draws), so the step
+sees the same samples, noise and labels, and its gradient is the same batch mean (up to float rounding), for
+any split.
 """
 
 from __future__ import annotations
@@ -19,94 +17,8 @@ from torch import nn
 
 from pipeline.config import LoopParams
 from pipeline.networks.published.mp_layers import renormalize_weights
+from pipeline.randomness import Draws, ProcessStream
 from pipeline.runtime import Runtime
-
-
-class Draws:
-    """The random tensors of one global batch of `size`, handed out by rows.
-
-    The k-th call of a pass returns the selected rows of the k-th tensor, drawn on first use; later passes
-    make the same calls in the same order (they run the same code) and get their rows of the same tensors.
-    With one pass over the whole batch this is exactly drawing from torch's RNG in program order.
-    """
-
-    def __init__(self, size: int, device: torch.device,
-                 shared: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
-        self.size, self.device, self.shared = size, device, shared  # `shared`: where the draws are made
-        self._tensors: list[torch.Tensor] = []
-        self.select(slice(0, size))
-
-    def select(self, rows: slice) -> Draws:
-        self.rows, self._calls = rows, 0
-        return self
-
-    @property
-    def n(self) -> int:
-        """The number of rows handed out."""
-        return len(range(*self.rows.indices(self.size)))
-
-    def _take(self, draw: Callable[[int], torch.Tensor]) -> torch.Tensor:
-        if self._calls == len(self._tensors):
-            with self.shared():
-                self._tensors.append(draw(self.size))
-        tensor = self._tensors[self._calls]
-        self._calls += 1
-        return tensor[self.rows]
-
-    def randn(self, *shape: int) -> torch.Tensor:
-        """N(0, 1) of shape [rows, *shape]."""
-        return self._take(lambda n: torch.randn(n, *shape, device=self.device))
-
-    def rand(self) -> torch.Tensor:
-        """U(0, 1) per row."""
-        return self._take(lambda n: torch.rand(n, device=self.device))
-
-    def randint(self, high: int) -> torch.Tensor:
-        """Integers in [0, high) per row, drawn from the CPU generator and moved to the device."""
-        return self._take(lambda n: torch.randint(0, high, (n,))).to(self.device, non_blocking=True)
-
-
-class ProcessStream:
-    """A stream of torch's global RNG that belongs to this process, beside the one all processes share.
-
-    Inside `own()` the global RNG is this process's stream, seeded from the shared stream's state (without
-    advancing it, so a resumed run draws the same) and the rank; `shared()` switches back to the shared
-    stream for a block, and the shared stream continues where that block left it.
-    """
-
-    def __init__(self, device: torch.device, rank: int):
-        self.cuda, self.rank = device if device.type == "cuda" else None, rank
-
-    def _state(self) -> tuple:
-        return torch.get_rng_state(), torch.cuda.get_rng_state(self.cuda) if self.cuda else None
-
-    def _load(self, state: tuple) -> None:
-        torch.set_rng_state(state[0])
-        if self.cuda:
-            torch.cuda.set_rng_state(state[1], self.cuda)
-
-    @contextlib.contextmanager
-    def own(self):
-        self._shared = self._state()
-        seed = int(torch.randint(2**62, (1,))) + self.rank
-        torch.default_generator.manual_seed(seed)
-        if self.cuda:
-            with torch.cuda.device(self.cuda):
-                torch.cuda.manual_seed(seed)
-        try:
-            yield
-        finally:
-            self._load(self._shared)
-
-    @contextlib.contextmanager
-    def shared(self):
-        own = self._state()
-        self._load(self._shared)
-        try:
-            yield
-        finally:
-            self._shared = self._state()
-            self._load(own)
 
 
 def gradient_norm(module: nn.Module) -> torch.Tensor:

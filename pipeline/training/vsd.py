@@ -20,7 +20,7 @@ from pipeline.networks.preconditioning import Denoiser, denoising_loss
 from pipeline.runtime import Runtime
 from pipeline.training.noise_levels import noise_weight, sample_noise_levels
 from pipeline.training.one_step import OneStepTraining
-from pipeline.training.task import Draws
+from pipeline.randomness import Draws
 
 
 def score_difference_loss(fake: Denoiser, teacher: Denoiser, x_gen: torch.Tensor, sigma: torch.Tensor,
