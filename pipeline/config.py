@@ -150,31 +150,29 @@ class LoopParams(Section):
     checkpoint_every_images: int = Field(ge=1)
 
 
-class PretrainParams(LoopParams):
-    network: NetworkParams
-    lr: float = Field(gt=0)
-    class_conditional: bool
-    sigma_data: float = Field(gt=0)
-    p_mean: float  # ln(sigma) ~ N(p_mean, p_std^2) during training
-    p_std: float = Field(gt=0)
-
-
 class NoiseParams(Section):
-    """A distribution of noise levels: EDM's log-normal, or uniform in rho-space (the Heun schedule's
-    spacing); either way confined to [sigma_min, sigma_max]."""
+    """A distribution of noise levels on [sigma_min, sigma_max], sampled by truncation (pipeline/noise_levels.py)."""
 
-    distribution: Literal["lognormal", "uniform_rho"]
-    p_mean: float  # lognormal: ln(sigma) ~ N(p_mean, p_std^2), clipped to the range
+    distribution: Literal["lognormal", "loguniform", "uniform_rho"]
+    p_mean: float  # lognormal: ln(sigma) ~ N(p_mean, p_std^2), truncated to the range
     p_std: float = Field(gt=0)
     sigma_min: float = Field(gt=0)
     sigma_max: float = Field(gt=0)
     rho: float = Field(gt=0)  # uniform_rho: sigma = (smin^(1/rho) + u (smax^(1/rho) - smin^(1/rho)))^rho
+    stratified: bool  # one level in each equal stratum of probability per batch (less variance over levels)
 
     @model_validator(mode="after")
     def _range(self) -> NoiseParams:
         if self.sigma_min >= self.sigma_max:
             raise ValueError("sigma_min must be below sigma_max")
         return self
+
+
+class PretrainParams(LoopParams):
+    network: NetworkParams
+    lr: float = Field(gt=0)
+    class_conditional: bool
+    noise: NoiseParams  # the noise levels of the denoising loss (EDM: log-normal(-1.2, 1.2))
 
 
 class AugmentParams(Section):

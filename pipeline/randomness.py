@@ -112,6 +112,11 @@ class Draws:
         """U(0, 1) per row."""
         return self._take(lambda n: torch.rand(n, device=self.device))
 
+    def stratified(self) -> torch.Tensor:
+        """U(0, 1) per row, stratified over the global batch: one draw in each of its `size` equal strata of [0, 1),
+        the strata in random order."""
+        return self._take(lambda n: (torch.randperm(n, device=self.device) + torch.rand(n, device=self.device)) / n)
+
     def randint(self, high: int) -> torch.Tensor:
         """Integers in [0, high) per row, drawn from the CPU generator and moved to the device."""
         return self._take(lambda n: torch.randint(0, high, (n,))).to(self.device, non_blocking=True)

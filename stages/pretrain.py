@@ -17,6 +17,7 @@ from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.models import build_denoiser, denoiser_config, save_denoiser
 from pipeline.networks.published.convert import check_data_matches
 from pipeline.networks.unet import count_parameters
+from pipeline.noise_levels import SIGMA_DATA
 from pipeline.randomness import seed_of, seed_torch
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
@@ -54,7 +55,7 @@ def main(params: Params, runtime: Runtime) -> None:
     if params.teacher.source == "checkpoint":
         return use_published(params, data_config, runtime)
     config = denoiser_config(p.network, data_config["resolution"], data_config["channels"],
-                             data_config["num_classes"] if p.class_conditional else 0, p.sigma_data)
+                             data_config["num_classes"] if p.class_conditional else 0, SIGMA_DATA)
     seed_torch("pretrain_init", params.seed)
     net = build_denoiser(config).to(device)
     task = ScorePretraining(net, TrainingData(encoder, shards, labels, device), p, runtime)

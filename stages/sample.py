@@ -21,12 +21,12 @@ from pipeline.artifacts import load_arrays, save_arrays, write_json
 from pipeline.config import Params
 from pipeline.datasets.encoders import load_encoder
 from pipeline.generation.images import save_grid
-from pipeline.generation.sampling import batch_indices, edm_heun, generate_batch, heun_sigmas
+from pipeline.generation.sampling import batch_indices, edm_heun, generate_batch
 from pipeline.networks.generator import OneStepGenerator, load_generator
 from pipeline.networks.models import load_denoiser
+from pipeline.noise_levels import heun_sigmas
 from pipeline.runtime import Runtime
-from pipeline.stage import console, run_stage
-from pipeline.training.loop import progress_bar
+from pipeline.stage import console, progress_bar, run_stage
 from pipeline.training.measure import StepTimer
 
 OUT, GRIDS = "data/samples", "metrics/grids"

@@ -13,8 +13,9 @@ from pipeline.config import Params
 from pipeline.datasets.encoders import load_encoder
 from pipeline.evaluation.frontier import layout, point
 from pipeline.evaluation.reference import load_reference
-from pipeline.generation.sampling import heun_sets, heun_sigmas
+from pipeline.generation.sampling import heun_sets
 from pipeline.networks.models import load_denoiser
+from pipeline.noise_levels import heun_sigmas
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 

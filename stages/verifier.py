@@ -20,9 +20,9 @@ from pipeline.datasets.training_data import TrainingData
 from pipeline.generation.verifier import PARTS, fit_verifier, held_out_parts, noisy_pairs, save_verifier
 from pipeline.networks.generator import load_generator
 from pipeline.networks.ratio_net import load_ratio_net
+from pipeline.randomness import Draws, rng, seed_of, seed_torch
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
-from pipeline.randomness import Draws, rng, seed_of, seed_torch
 
 OUT, METRICS, CURVE = "data/verifier", "metrics/verifier.json", "metrics/verifier_curve.csv"
 

@@ -7,8 +7,8 @@ from pydantic import ValidationError
 from torch.nn import functional as F
 
 from pipeline.config import AugmentParams
-from pipeline.training.augment import augment
 from pipeline.randomness import Draws
+from pipeline.training.augment import augment
 from tests.test_diffratio_training import make_task
 
 

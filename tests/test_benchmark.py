@@ -6,8 +6,8 @@ from pipeline.config import load_params
 from pipeline.experiments.benchmark import flops
 from pipeline.networks.models import denoiser_config
 from pipeline.networks.ratio_net import build_ratio_net, ratio_config
-from pipeline.training.ratio_losses import ratio_loss
 from pipeline.randomness import Draws
+from pipeline.training.ratio_losses import ratio_loss
 from tests.conftest import ROOT
 
 

@@ -11,9 +11,9 @@ import torch
 from pipeline.config import NetworkParams
 from pipeline.networks.models import denoiser_config
 from pipeline.networks.ratio_net import RatioNet
+from pipeline.randomness import Draws
 from pipeline.training.divergences import DIVERGENCES
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
-from pipeline.randomness import Draws
 from pipeline.training.vsd import score_difference_loss
 
 MU_P, A = 0.4, 0.6  # data p = N(MU_P, A^2)

@@ -5,8 +5,10 @@ import math
 import torch
 from torch import nn
 
-from pipeline.generation.sampling import edm_heun, heun_sigmas
+from pipeline.config import NoiseParams
+from pipeline.generation.sampling import edm_heun
 from pipeline.networks.preconditioning import Denoiser, edm_coefficients, edm_loss, loss_weight, score
+from pipeline.noise_levels import heun_sigmas
 from pipeline.randomness import Draws
 
 SD = 0.5
@@ -51,6 +53,10 @@ def test_preconditioned_denoiser_and_score_are_analytic_for_gaussian_data():
         torch.testing.assert_close(score(denoiser, x, s), -(x - mu) / (a**2 + s**2), atol=1e-3, rtol=1e-3)
 
 
+EDM_NOISE = NoiseParams(distribution="lognormal", p_mean=-1.2, p_std=1.2, sigma_min=0.002, sigma_max=80, rho=7,
+                        stratified=False)
+
+
 def test_edm_loss_is_minimised_by_the_posterior_mean():
     torch.manual_seed(0)
     mu, a = 0.3, 0.7
@@ -67,8 +73,8 @@ def test_edm_loss_is_minimised_by_the_posterior_mean():
 
     shifted = Shifted(0.05)
     draws = Draws(len(x0), torch.device("cpu"))  # the same noise for both: a paired comparison
-    assert (edm_loss(exact, x0, None, -1.2, 1.2, draws.select(slice(None)), SD).mean()
-            < edm_loss(shifted, x0, None, -1.2, 1.2, draws.select(slice(None)), SD).mean())
+    assert (edm_loss(exact, x0, None, EDM_NOISE, draws.select(slice(None)), SD).mean()
+            < edm_loss(shifted, x0, None, EDM_NOISE, draws.select(slice(None)), SD).mean())
 
 
 def test_a_trained_denoiser_learns_the_posterior_mean():
@@ -88,7 +94,7 @@ def test_a_trained_denoiser_learns_the_posterior_mean():
     opt = torch.optim.Adam(denoiser.parameters(), lr=3e-3)
     for _ in range(1500):
         x0 = mu + a * torch.randn(512, 1, 1, 1)
-        loss = edm_loss(denoiser, x0, None, -1.2, 1.2, Draws(512, torch.device("cpu")), SD).mean()
+        loss = edm_loss(denoiser, x0, None, EDM_NOISE, Draws(512, torch.device("cpu")), SD).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

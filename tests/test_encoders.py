@@ -22,8 +22,8 @@ from pipeline.datasets.encoders import (
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError
-from pipeline.runtime import Runtime
 from pipeline.randomness import Draws
+from pipeline.runtime import Runtime
 
 CPU = torch.device("cpu")
 COMPUTE = ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False, compile=False, threads="auto")

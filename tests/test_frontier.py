@@ -10,7 +10,8 @@ from pipeline.config import parse_params
 from pipeline.errors import PipelineError
 from pipeline.evaluation.draws import generated_set
 from pipeline.evaluation.frontier import curve_rows, frontier, one_step_cost, point
-from pipeline.generation.sampling import edm_heun, heun_sets, heun_sigmas, seeded_noise
+from pipeline.generation.sampling import edm_heun, heun_sets, seeded_noise
+from pipeline.noise_levels import heun_sigmas
 
 LAYOUT = {"num_sets": 3, "set_size": 4, "seed": 0}
 

@@ -9,10 +9,10 @@ from pipeline.datasets.encoders import IdentityEncoder
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.models import build_denoiser, denoiser_config
 from pipeline.networks.ratio_net import build_ratio_net, ratio_config
+from pipeline.randomness import Draws
 from pipeline.runtime import Runtime
 from pipeline.training.loop import run_training
 from pipeline.training.pretraining import ScorePretraining
-from pipeline.randomness import Draws
 from pipeline.training.task import TrainingTask, adam
 from tests.conftest import CPU, ROOT
 

@@ -33,10 +33,10 @@ from safetensors.torch import save_file
 from pipeline.artifacts import read_json, require, write_json
 from pipeline.datasets.prepared import TRAIN, PreparedData
 from pipeline.errors import PipelineError
-from pipeline.runtime import Runtime
+from pipeline.noise_levels import SIGMA_DATA
 from pipeline.randomness import Draws
+from pipeline.runtime import Runtime
 
-SIGMA_DATA = 0.5  # the std the whitened latents are scaled to (EDM's sigma_data)
 # EDM2's per-channel statistics of sd-vae-ft-mse latents of ImageNet-512 (Karras et al. 2024), used as they are
 EDM2_RAW_MEAN, EDM2_RAW_STD = [5.81, 3.25, 0.12, -2.15], [4.17, 4.62, 3.71, 3.28]
 

@@ -32,7 +32,8 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation.draws import disjoint_draws
 from pipeline.evaluation.metrics import floor_sds
 from pipeline.evaluation.reference import Reference, floor_sets, summarise_row
-from pipeline.generation.sampling import heun_sets, heun_sigmas
+from pipeline.generation.sampling import heun_sets
+from pipeline.noise_levels import heun_sigmas
 from pipeline.runtime import Runtime
 
 RISES, FALLS = 1, -1

@@ -58,10 +58,11 @@ from pipeline.config import Params, load_params
 from pipeline.datasets.encoders import IdentityEncoder, map_encoded
 from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError
-from pipeline.generation.sampling import edm_heun, heun_sigmas
+from pipeline.generation.sampling import edm_heun
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.models import build_denoiser, denoiser_config, load_denoiser
 from pipeline.networks.published.convert import published_config
+from pipeline.noise_levels import SIGMA_DATA, heun_sigmas
 from pipeline.runtime import Runtime, pick_device, start
 from pipeline.training.loop import update_ema
 from pipeline.training.measure import PeakMemory, StepTimer, synchronize
@@ -168,7 +169,7 @@ def network_config(params: Params, preset: str) -> dict:
         return published_config(class_name, kwargs, t.checkpoint)
     resolution, channels, classes = PRESET_SPACE[preset]
     return denoiser_config(params.pretrain.network, resolution, channels,
-                           classes if params.pretrain.class_conditional else 0, params.pretrain.sigma_data)
+                           classes if params.pretrain.class_conditional else 0, SIGMA_DATA)
 
 
 def setting(name: str, batch: int | None, device: torch.device) -> tuple[Params, Runtime, dict, int]:

@@ -27,11 +27,10 @@ from torch.nn import functional as F
 
 from pipeline.config import GradientBiasParams
 from pipeline.networks.preconditioning import Denoiser, denoising_loss, edm_coefficients
-from pipeline.randomness import seed_torch
+from pipeline.noise_levels import sample_noise_levels
+from pipeline.randomness import Draws, seed_torch
 from pipeline.training.divergences import DIVERGENCES
-from pipeline.training.noise_levels import sample_noise_levels
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
-from pipeline.randomness import Draws
 from pipeline.training.vsd import score_difference_loss
 
 

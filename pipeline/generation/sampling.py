@@ -16,15 +16,6 @@ from pipeline.evaluation.draws import generated_set
 from pipeline.training.measure import StepTimer
 
 
-def heun_sigmas(nfe: int, sigma_min: float, sigma_max: float, rho: float) -> torch.Tensor:
-    """s_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho, i < N, then 0; NFE = 2N - 1."""
-    n = (nfe + 1) // 2
-    i = torch.arange(n, dtype=torch.float64)
-    frac = i / max(n - 1, 1)
-    sigmas = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
-
-
 @torch.no_grad()
 def edm_heun(denoiser: Callable, noise: torch.Tensor, labels: torch.Tensor | None, sigmas: torch.Tensor) -> torch.Tensor:
     """Deterministic Heun (2nd order) integration of the probability-flow ODE from sigmas[0] to 0."""

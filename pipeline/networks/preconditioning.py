@@ -4,6 +4,7 @@
     c_skip = sd^2 / (s^2 + sd^2)     c_out = s sd / sqrt(s^2 + sd^2)
     c_in   = 1 / sqrt(s^2 + sd^2)    c_noise = ln(s) / 4
     loss   = E[ lambda(s) |D(x0 + s eps; s) - x0|^2 ],  ln s ~ N(P_mean, P_std^2),  lambda = (s^2 + sd^2) / (s sd)^2
+             (the log-normal truncated to a wide range: pipeline/noise_levels.py)
     score  = grad log p_s(x) = (D(x; s) - x) / s^2
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.config import NoiseParams
+from pipeline.noise_levels import sample_noise_levels
 from pipeline.randomness import Draws
 
 
@@ -57,10 +60,11 @@ def denoising_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor |
     return (weight * (denoised - x0) ** 2).flatten(1).mean(1)
 
 
-def edm_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, p_mean: float, p_std: float,
-             draws: Draws, sigma_data: float) -> torch.Tensor:
-    """EDM's loss: the denoising loss at log-normal noise levels, per sample, so callers can reduce or bucket it."""
-    sigma = (draws.randn() * p_std + p_mean).exp()
+def edm_loss(denoiser: nn.Module, x0: torch.Tensor, labels: torch.Tensor | None, noise: NoiseParams, draws: Draws,
+             sigma_data: float) -> torch.Tensor:
+    """EDM's loss: the denoising loss at levels drawn from `noise` (EDM: log-normal), per sample, so callers can
+    reduce or bucket it."""
+    sigma = sample_noise_levels(draws, noise)
     return denoising_loss(denoiser, x0, labels, sigma, draws.randn(*x0.shape[1:]), sigma_data)
 
 

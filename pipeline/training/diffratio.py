@@ -13,13 +13,13 @@ from pipeline.config import TrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.ratio_net import RatioNet
+from pipeline.noise_levels import sample_noise_levels
+from pipeline.randomness import Draws
 from pipeline.runtime import Runtime
 from pipeline.training.augment import augment
 from pipeline.training.divergences import Divergence
-from pipeline.training.noise_levels import sample_noise_levels
 from pipeline.training.one_step import OneStepTraining
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
-from pipeline.randomness import Draws
 
 
 class DiffRatioTraining(OneStepTraining):

@@ -28,7 +28,6 @@ from typing import IO, Protocol
 
 import torch
 from rich import print
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -36,6 +35,7 @@ from pipeline.artifacts import atomic_path, read_json, write_json
 from pipeline.config import ComputeParams, LoopParams
 from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime
+from pipeline.stage import progress_bar
 from pipeline.training.measure import synchronize
 
 
@@ -145,11 +145,6 @@ def _set_lr(task: Task, images: int, rampup_images: int) -> None:
     for opt in task.optimizers.values():
         for group in opt.param_groups:
             group["lr"] = group["base_lr"] * ramp
-
-
-def progress_bar(show: bool = True) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=not show)
 
 
 def _mean_over_processes(sums: dict[str, float], runtime: Runtime) -> dict[str, float]:

@@ -18,9 +18,9 @@ from torch import nn
 from pipeline.config import TrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
-from pipeline.runtime import Runtime
-from pipeline.training.noise_levels import sample_noise_levels
+from pipeline.noise_levels import sample_noise_levels
 from pipeline.randomness import Draws
+from pipeline.runtime import Runtime
 from pipeline.training.task import TrainingTask, adam
 
 

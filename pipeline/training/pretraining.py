@@ -9,8 +9,9 @@ import torch
 from pipeline.config import PretrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.preconditioning import Denoiser, edm_loss
-from pipeline.runtime import Runtime
+from pipeline.noise_levels import SIGMA_DATA
 from pipeline.randomness import Draws
+from pipeline.runtime import Runtime
 from pipeline.training.task import TrainingTask, adam
 
 
@@ -24,7 +25,7 @@ class ScorePretraining(TrainingTask):
     def loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x0, labels = self.data.batch(draws)
         loss = edm_loss(self.run["score"], x0, labels if self.p.class_conditional else None,
-                        self.p.p_mean, self.p.p_std, draws, self.p.sigma_data).mean()
+                        self.p.noise, draws, SIGMA_DATA).mean()
         return loss, {"loss": loss}
 
     def step(self) -> dict[str, torch.Tensor]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from pipeline.training.divergences import Divergence
-from pipeline.training.noise_levels import noise_weight
 from pipeline.randomness import Draws
+from pipeline.training.divergences import Divergence
+from pipeline.training.weighting import noise_weight
 
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,

@@ -17,10 +17,11 @@ from pipeline.config import TrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.preconditioning import Denoiser, denoising_loss
-from pipeline.runtime import Runtime
-from pipeline.training.noise_levels import noise_weight, sample_noise_levels
-from pipeline.training.one_step import OneStepTraining
+from pipeline.noise_levels import sample_noise_levels
 from pipeline.randomness import Draws
+from pipeline.runtime import Runtime
+from pipeline.training.one_step import OneStepTraining
+from pipeline.training.weighting import noise_weight
 
 
 def score_difference_loss(fake: Denoiser, teacher: Denoiser, x_gen: torch.Tensor, sigma: torch.Tensor,

@@ -16,13 +16,13 @@ from torch import nn
 from pipeline.errors import PipelineError
 from pipeline.networks.published import edm, edm2
 from pipeline.networks.published.pickles import read_pickle, state_dict
+from pipeline.noise_levels import SIGMA_DATA
 
 PUBLISHED = "published"
 # the official preconditioner classes, by the name their pickles carry
 CLASSES: dict[str, type[nn.Module]] = {"VPPrecond": edm.VPPrecond, "VEPrecond": edm.VEPrecond,
                                        "EDMPrecond": edm.EDMPrecond, "Precond": edm2.Precond}
 EDM2_CLASSES = {"Precond"}
-SIGMA_DATA = 0.5  # every published EDM and EDM2 teacher
 
 
 def published_config(class_name: str, kwargs: dict, checkpoint: str) -> dict:

@@ -1,21 +1,8 @@
-"""Noise levels of the stage-2 losses: their distributions (see NoiseParams) and the weighting w(s)."""
+"""The weighting w(s) of the stage-2 generator losses (their noise levels: pipeline/noise_levels.py)."""
 
 from __future__ import annotations
 
 import torch
-
-from pipeline.config import NoiseParams
-from pipeline.randomness import Draws
-
-
-def sample_noise_levels(draws: Draws, p: NoiseParams) -> torch.Tensor:
-    """One noise level per row of `draws`."""
-    if p.distribution == "lognormal":
-        sigma = (draws.randn() * p.p_std + p.p_mean).exp()
-        return sigma.clamp(p.sigma_min, p.sigma_max)
-    u = draws.rand()
-    lo, hi = p.sigma_min ** (1 / p.rho), p.sigma_max ** (1 / p.rho)
-    return (lo + u * (hi - lo)) ** p.rho
 
 
 def noise_weight(sigma: torch.Tensor, weighting: str, update: torch.Tensor | None = None) -> torch.Tensor:
