@@ -1,4 +1,4 @@
-"""What every stage entrypoint shares: validate params first, start the runtime, report errors plainly."""
+"""What every stage entrypoint shares: validate params first, start the runtime, report errors plainly, show progress."""
 
 from __future__ import annotations
 
@@ -6,12 +6,18 @@ import sys
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.runtime import Runtime, start, stop
 
 console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)  # logs: tables unwrapped
+
+
+def progress_bar(show: bool = True) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=not show)
 
 
 def check_split(params: Params, world: int) -> None:

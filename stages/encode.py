@@ -5,8 +5,7 @@ from pipeline.config import Params
 from pipeline.datasets.encoders import encode_shards, make_encoder, write_encoded
 from pipeline.datasets.prepared import load_prepared
 from pipeline.runtime import Runtime
-from pipeline.stage import console, run_stage
-from pipeline.training.loop import progress_bar
+from pipeline.stage import console, progress_bar, run_stage
 
 OUT = "data/encoded"
 

@@ -4,8 +4,7 @@ manifest)."""
 from pipeline.config import Params
 from pipeline.datasets.prepared import write_prepared
 from pipeline.runtime import Runtime
-from pipeline.stage import console, run_stage
-from pipeline.training.loop import progress_bar
+from pipeline.stage import console, progress_bar, run_stage
 
 OUT = "data/prepared"
 

@@ -35,8 +35,18 @@ def doc_files() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
+ANALYSIS = "analysis/dvc.yaml"  # the analysis pipeline: its stages are named analysis/dvc.yaml:<stage> to DVC
+
+
 def dvc_stages(root: Path = ROOT) -> set[str]:
-    return set(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+    """What `dvc repro` takes: the default pipeline's stage names, the analysis pipeline and its stages."""
+    analysis = yaml.safe_load((root / ANALYSIS).read_text())["stages"]
+    return {*yaml.safe_load((root / "dvc.yaml").read_text())["stages"], ANALYSIS, *(f"{ANALYSIS}:{s}" for s in analysis)}
+
+
+def stage_names(root: Path = ROOT) -> set[str]:
+    """Every stage's name, as prose names them."""
+    return {name.rpartition(":")[2] for name in dvc_stages(root) if name != ANALYSIS}
 
 
 def params_tree(root: Path = ROOT) -> dict:
@@ -104,7 +114,7 @@ def dvc_targets(text: str) -> list[str]:
                     skip = True
                 elif arg.startswith("-"):
                     continue
-                elif re.fullmatch(r"[A-Za-z_][\w-]*", arg):
+                elif re.fullmatch(r"[A-Za-z_][\w./-]*(:[\w-]+)?", arg):
                     found.append(arg)
                 else:
                     break
@@ -185,8 +195,8 @@ def broken_modules(text: str, root: Path = ROOT) -> list[str]:
     return [m for m in python_modules(text) if not module_exists(m, root)]
 
 
-def broken_stages(text: str, stages: set[str]) -> list[str]:
-    return [s for s in dvc_targets(text) + stage_mentions(text) if s not in stages]
+def broken_stages(text: str, targets: set[str], names: set[str]) -> list[str]:
+    return [s for s in dvc_targets(text) if s not in targets] + [s for s in stage_mentions(text) if s not in names]
 
 
 def broken_params(text: str, tree: dict) -> list[str]:
@@ -210,7 +220,7 @@ def test_modules_exist(page):
 
 @pytest.mark.parametrize("page", PAGES)
 def test_stages_exist(page):
-    broken = broken_stages(page.read_text(), dvc_stages())
+    broken = broken_stages(page.read_text(), dvc_stages(), stage_names())
     assert not broken, f"{page.name}: stages that are not in dvc.yaml: {broken}"
 
 
@@ -256,7 +266,7 @@ See [a page](missing.md#part), [this one](here.md#part), ![a grid](grids/none.pn
 and [a section](#quick-start).
 """
     assert sorted(broken_modules(page)) == ["pipeline.no_such_module", "stages.absent", "stages.missing"]
-    assert sorted(broken_stages(page, dvc_stages())) == ["ghost", "no_such_stage", "nowhere"]
+    assert sorted(broken_stages(page, dvc_stages(), stage_names())) == ["ghost", "no_such_stage", "nowhere"]
     assert sorted(broken_params(page, params_tree())) == ["train.no_such_key", "train.nope", "train.ratio_noise.nope",
                                                           "train.seed.deeper"]
     assert broken_links(page, tmp_path) == ["missing.md#part", "grids/none.png"]
