@@ -38,8 +38,9 @@ class ComputeParams(Section):
 
 
 class PrepareParams(Section):
-    source: Literal["digits", "cifar10", "imagefolder", "photos", "synthetic"]
-    path: str | None  # the CIFAR-10 archive or the class-per-folder tree; unused by digits, photos, synthetic
+    source: Literal["digits", "cifar10", "imagefolder", "idx", "photos", "synthetic"]
+    path: str | None  # the CIFAR-10 archive, the class-per-folder tree or the IDX folder (null: Fashion-MNIST from
+    # /usr/share/datasets/fashion-mnist); unused by digits, photos, synthetic
     resolution: int = Field(ge=4)  # output side in pixels (center crop, then resize)
     holdout: int = Field(ge=2)  # images held out of training: the real-data floor of FID/FD
     max_images: int | None = Field(ge=1)  # optional subset (synthetic: the number of images made)
