@@ -11,6 +11,7 @@ from cleanfid.fid import kernel_distance
 from cleanfid.resize import build_resizer
 from prdc import compute_prdc
 
+from pipeline.artifacts import save_arrays, write_json
 from pipeline.config import ReferenceParams, parse_params
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared, write_prepared
 from pipeline.errors import PipelineError
@@ -18,6 +19,7 @@ from pipeline.evaluation import extractors, frechet, inception, metrics, offline
 from pipeline.evaluation.draws import disjoint_draws, generated_set, label_counts
 from pipeline.evaluation.reference import load_reference, summarise_row
 from pipeline.randomness import seed_of
+from stages import fid as fid_stage
 from stages import reference as reference_stage
 from tests.conftest import CPU as RUNTIME
 from tests.test_data_sources import prepare_params
@@ -218,7 +220,8 @@ def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monke
     rng = np.random.default_rng(0)
     mu, sigma = rng.normal(size=16), np.eye(16) * 2
     np.savez(tmp_path / "given.npz", mu=mu, sigma=sigma)
-    prepared_workdir["reference"]["stats_path"] = str(tmp_path / "given.npz")
+    prepared_workdir["reference"].update(stats_path=str(tmp_path / "given.npz"), max_features=300)
+    prepared_workdir["evaluation"].update(num_sets=2, floor_sets=2)  # what the fid stage scores below: quick
     params = parse_params(prepared_workdir)
     with pytest.raises(PipelineError, match="holds Inception statistics, but Inception is not used"):
         reference_stage.main(params, RUNTIME)
@@ -254,6 +257,26 @@ def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monke
     assert info["spaces"]["inception"]["mode"] == "clean" and info["spaces"]["inception"]["weights"] == "cleanfid"
     assert info["spaces"]["inception"]["sha256"] == hashlib.sha256(b"stand-in weights").hexdigest()
 
+    # fid.json says which Inception scored it: the mode and the weights file's checksum
+    write_sample_rows(load_prepared("data/prepared"), params.evaluation)
+    fid_stage.main(params, RUNTIME)
+    fid = json.loads((tmp_path / "metrics/fid.json").read_text())
+    assert fid["primary"] == "inception" and set(fid["generator"]["inception"]) >= set(metrics.METRICS)
+    assert fid["protocol"]["inception_mode"] == "clean" and fid["protocol"]["inception_weights"] == "cleanfid"
+    assert fid["protocol"]["inception_sha256"] == info["spaces"]["inception"]["sha256"]
+    weights.write_bytes(b"other weights")
+    with pytest.raises(PipelineError, match="is not the Inception weights file the reference was computed with"):
+        fid_stage.main(params, RUNTIME)
+
+
+def write_sample_rows(data, e) -> None:
+    """Every sample row of the fid stage, in the sample stage's layout: held-out images stand in for samples."""
+    images, labels = data.part(HOLDOUT)
+    count = e.num_sets * e.set_size
+    for row in fid_stage.ROWS:
+        save_arrays(f"data/samples/{row}/batch-00000.npz", images=images[:count], labels=labels[:count])
+        write_json(f"data/samples/{row}.json", {"nfe": 1, "num_samples": count, "batches": 1, "batch_size": count,
+                                                 "seconds_per_image": 0.0})
 
 
 def test_inception_modes_resize_outside_or_inside_the_net():
