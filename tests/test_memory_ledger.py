@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from pipeline.config import NetworkParams, load_params
+from pipeline.config import NetworkParams
 from pipeline.datasets.encoders import IdentityEncoder
 from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError

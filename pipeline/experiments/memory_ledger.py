@@ -424,31 +424,32 @@ def _gib(n: int) -> str:
     return f"{n / GiB:.2f}"
 
 
+def _step(ledger: dict, name: str) -> str:
+    return f"{_gib(ledger['steps'][name]['saved_total'])} / {_gib(ledger['steps'][name]['peak'])}"
+
+
 def markdown(result: dict) -> str:
     configs = result["configurations"]
     batches = sorted({int(b) for c in configs.values() for b in c["batches"]})
-    lines = [f"Memory ledger ({result['machine']}, {result['seconds']:.0f} s): each method's modelled peak per GPU, "
-             "DiffRatio / VSD. `python -m pipeline.experiments.memory_ledger`; see docs/memory.md.", "",
+    lines = [(f"Memory ledger ({result['machine']}, {result['seconds']:.0f} s): each method's modelled peak per GPU, "
+              "DiffRatio / VSD. `python -m pipeline.experiments.memory_ledger`; see docs/memory.md."), "",
              "| configuration | training settings | precision | " + " | ".join(f"batch {b}" for b in batches) + " |",
              "|---|---|---|" + "---:|" * len(batches)]
     for name, c in configs.items():
         cells = [f"{c['batches'][str(b)]['diffratio_over_vsd']:.2f}" if str(b) in c["batches"] else "" for b in batches]
         settings_of = c["params"] + ("" if c["preset_network"] else ", another network")
         lines.append(f"| {name} | {settings_of} | {c['precision']} | " + " | ".join(cells) + " |")
-    lines += ["", "Components in GiB: state (weights + Adam), then per step the saved activations and the step's "
-              "peak; the method's peak; DiffRatio's with the idle teacher the train stage holds.", "",
-              "| configuration | batch | DiffRatio state | ratio step saved / peak | generator step saved / peak "
-              "| DiffRatio peak | VSD state | fake-score step saved / peak | generator step saved / peak | VSD peak "
-              "| DiffRatio / VSD | with idle teacher |", "|---|---:|" + "---:|" * 10]
+    lines += ["", ("Components in GiB: state (weights + Adam), then per step the saved activations and the step's "
+                   "peak; the method's peak; DiffRatio's with the idle teacher the train stage holds."), "",
+              ("| configuration | batch | DiffRatio state | ratio step saved / peak | generator step saved / peak "
+               "| DiffRatio peak | VSD state | fake-score step saved / peak | generator step saved / peak | VSD peak "
+               "| DiffRatio / VSD | with idle teacher |"), "|---|---:|" + "---:|" * 10]
     for name, c in configs.items():
         for batch, row in c["batches"].items():
             d, v = row["diffratio"], row["vsd"]
-
-            def step(m, s):
-                return f"{_gib(m['steps'][s]['saved_total'])} / {_gib(m['steps'][s]['peak'])}"
-            lines.append(f"| {name} | {batch} | {_gib(d['state'])} | {step(d, 'ratio')} | {step(d, 'generator')} | "
-                         f"{_gib(d['peak'])} | {_gib(v['state'])} | {step(v, 'fake_score')} | "
-                         f"{step(v, 'generator')} | {_gib(v['peak'])} | {row['diffratio_over_vsd']:.2f} | "
+            lines.append(f"| {name} | {batch} | {_gib(d['state'])} | {_step(d, 'ratio')} | {_step(d, 'generator')} | "
+                         f"{_gib(d['peak'])} | {_gib(v['state'])} | {_step(v, 'fake_score')} | "
+                         f"{_step(v, 'generator')} | {_gib(v['peak'])} | {row['diffratio_over_vsd']:.2f} | "
                          f"{row['diffratio_over_vsd_with_idle_teacher']:.2f} |")
     return "\n".join(lines) + "\n"
 
