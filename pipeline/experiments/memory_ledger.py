@@ -59,10 +59,11 @@ from pipeline.experiments.benchmark import PUBLISHED_TEACHERS, cpu_model
 from pipeline.networks.models import build_denoiser, denoiser_config
 from pipeline.networks.published import mp_layers
 from pipeline.networks.published.convert import published_config
+from pipeline.noise_levels import SIGMA_DATA
+from pipeline.randomness import Draws
 from pipeline.runtime import Runtime
 from pipeline.training.methods import build_task
 from pipeline.training.one_step import OneStepTraining
-from pipeline.training.task import Draws
 
 OUT = "metrics/memory"  # .json and .md
 BATCHES = (1, 8, 32, 64, 128)
@@ -299,7 +300,7 @@ def score_config(path: str, params: Params, architecture: tuple[str, dict] | Non
         return published_config(class_name, kwargs, "")
     resolution, channels, classes = SPACE[path]
     return denoiser_config(params.pretrain.network, resolution, channels,
-                           classes if params.pretrain.class_conditional else 0, params.pretrain.sigma_data)
+                           classes if params.pretrain.class_conditional else 0, SIGMA_DATA)
 
 
 def device_for(params: Params) -> torch.device:
