@@ -192,27 +192,40 @@ class AugmentParams(Section):
         return self
 
 
+class RatioNetParams(Section):
+    """DiffRatio's ratio net (pipeline/networks/ratio_net.py): its head and its logit's scale across noise levels."""
+
+    head: Literal["spatial", "pooled"]  # per-location logits of a small trained head | one map of pooled features
+    logit_scale: Literal["inverse_sigma", "none"]  # d = (sd / s) x head | d = head (the first design)
+
+
 class TrainParams(LoopParams):
     """Stage 2: a one-step generator G(z) = D(t_init z; t_init) and its auxiliary network (the ratio net for
-    DiffRatio, the fake score net for the vsd baseline; the `ratio_*` knobs drive whichever it is)."""
+    DiffRatio, the fake score net for the vsd baseline): the `auxiliary_*` knobs drive whichever it is, the
+    `ratio_*` knobs DiffRatio's ratio net only."""
 
     seed: int = Field(ge=0)  # stage-2 randomness only: runs with the same teacher differ only by this
     init: Literal["teacher", "random"]  # the generator's starting weights: a copy of the score net, or fresh
     t_init: float = Field(gt=0)
-    ratio_steps: int = Field(ge=1)  # auxiliary-net updates per generator update
+    auxiliary_steps: int = Field(ge=1)  # auxiliary-net updates per generator update
     weighting: Literal["s2", "uniform", "normalized"]  # w(s) of the generator loss
     logit_clamp: float = Field(gt=0)  # |d| bound inside h (difkl's exp(-d))
-    ratio_noise: NoiseParams
+    auxiliary_noise: NoiseParams
     generator_noise: NoiseParams
     generator_lr: float = Field(gt=0)
-    ratio_lr: float = Field(gt=0)
+    auxiliary_lr: float = Field(gt=0)
     generator_betas: tuple[float, float]
-    ratio_betas: tuple[float, float]
-    ratio_weight_decay: float = Field(ge=0)  # decoupled (AdamW) weight decay of the auxiliary net
+    auxiliary_betas: tuple[float, float]
+    auxiliary_weight_decay: float = Field(ge=0)  # decoupled (AdamW) weight decay of the auxiliary net
+    auxiliary_warmup_images: int = Field(ge=0)  # generated images the auxiliary net trains on against the
+    # generator at initialisation before the generator moves (part of duration_images)
+    ratio_net: RatioNetParams  # DiffRatio; vsd ignores it
     ratio_r1: float = Field(ge=0)  # gamma of the R1 penalty on real data (ratio_losses.py); vsd ignores it
     ratio_augment: AugmentParams  # DiffRatio: augment the ratio net's inputs; vsd ignores it
-    diagnostic_levels: int = Field(ge=2)  # noise levels (log-spaced over ratio_noise's range) in the final report
-    diagnostic_samples: int = Field(ge=2)  # real and generated samples per level
+    diagnostic_levels: int = Field(ge=2)  # noise levels (log-spaced over auxiliary_noise's range) of the diagnostics
+    diagnostic_samples: int = Field(ge=2)  # held-out real and generated samples per level (and per batch of the
+    # gradient agreement)
+    diagnostic_every_images: int = Field(ge=1)  # the per-level diagnostics are taken at these intervals and at the end
 
 
 class SampleParams(Section):
@@ -375,11 +388,11 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _verifier_within_training(self) -> Params:
-        noise = self.train.ratio_noise
+        noise = self.train.auxiliary_noise
         if not noise.sigma_min <= self.verifier.sigma <= noise.sigma_max:
             raise ValueError(f"verifier.sigma = {self.verifier.sigma} is outside the noise levels the ratio net "
-                             f"is trained on (train.ratio_noise: [{noise.sigma_min}, {noise.sigma_max}]); "
-                             f"use train.ratio_noise.sigma_min")
+                             f"is trained on (train.auxiliary_noise: [{noise.sigma_min}, {noise.sigma_max}]); "
+                             f"use train.auxiliary_noise.sigma_min")
         v = self.verifier
         held_out = v.validation_images + v.calibration_images + v.test_images
         if held_out > self.prepare.holdout:

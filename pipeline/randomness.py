@@ -48,6 +48,7 @@ STREAMS: dict[str, tuple[int, ...]] = {
     "offline_batches": (20,),  # torch, per offline net: the order of its minibatches
     "kid_subsets": (21,),  # numpy's global generator, per scored set: KID's reference subsets
     "gradient_bias": (22,),  # torch: the analytic gradient-bias experiment, per seed
+    "stage2_diagnostics": (23,),  # the held-out images of stage 2's diagnostics; torch, per time: their draws
 }
 
 

@@ -14,27 +14,17 @@ import torch
 
 from pipeline.artifacts import atomic_path, write_csv, write_json
 from pipeline.config import Params
-from pipeline.datasets.encoders import map_encoded
-from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData, load_prepared
+from pipeline.datasets.encoders import map_encoded, split_in_model_space
+from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared
 from pipeline.datasets.training_data import TrainingData
 from pipeline.generation.verifier import PARTS, fit_verifier, held_out_parts, noisy_pairs, save_verifier
 from pipeline.networks.generator import load_generator
 from pipeline.networks.ratio_net import load_ratio_net
-from pipeline.randomness import Draws, rng, seed_of, seed_torch
+from pipeline.randomness import rng, seed_of, seed_torch
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 
 OUT, METRICS, CURVE = "data/verifier", "metrics/verifier.json", "metrics/verifier_curve.csv"
-
-
-def model_space(encoder, data: PreparedData, which: int, positions: np.ndarray, batch_size: int,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images of split `which` at `positions`, encoded as the training data is, and their labels."""
-    xs, labels = [], []
-    for images, batch_labels in data.batches(which, batch_size, positions):
-        xs.append(encoder.to_training(encoder.encode(images, device), Draws(len(images), device)))
-        labels.append(torch.as_tensor(batch_labels, device=device))
-    return torch.cat(xs), torch.cat(labels)
 
 
 def main(params: Params, runtime: Runtime) -> None:
@@ -67,9 +57,10 @@ def main(params: Params, runtime: Runtime) -> None:
     seed_torch("verifier_samples", params.seed)  # the posterior samples (sd-vae), generated samples and noise
     parts = {}
     for name, rows in zip(PARTS, positions):
-        real, real_labels = model_space(encoder, prepared, HOLDOUT, rows, p.batch_size, device)
+        real, real_labels = split_in_model_space(encoder, prepared, HOLDOUT, rows, p.batch_size, device)
         parts[name] = noisy_pairs(real, conditioning(real_labels), generator, p.sigma, p.batch_size, runtime)
-    training_real, training_labels = model_space(encoder, prepared, TRAIN, training_positions, p.batch_size, device)
+    training_real, training_labels = split_in_model_space(encoder, prepared, TRAIN, training_positions, p.batch_size,
+                                                          device)
     training_real = training_real + p.sigma * torch.randn_like(training_real)
 
     verifier, report = fit_verifier(ratio, generator, data, parts, training_real, conditioning(training_labels), p,

@@ -117,14 +117,15 @@ def test_h_is_r_squared_times_f_second_derivative():
         torch.testing.assert_close(h, r.detach() ** 2 * d2f, rtol=1e-9, atol=1e-12)
 
 
-def test_ratio_net_trained_on_two_gaussians_recovers_the_log_ratio_gradient():
+@pytest.mark.parametrize("head, scale", [("spatial", "inverse_sigma"), ("pooled", "none")])
+def test_ratio_net_trained_on_two_gaussians_recovers_the_log_ratio_gradient(head, scale):
     """The pipeline's ratio net, trained with the pipeline's ratio loss on 2x2 'images' whose pixels are
     i.i.d. Gaussians, recovers grad_x d* (which is what drives the generator) inside its noise range."""
     torch.set_default_dtype(torch.float32)
     torch.manual_seed(0)
     mu_q, b = -0.2, 0.9
     network = NetworkParams(channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
-    net = RatioNet(denoiser_config(network, resolution=2, channels=1, num_classes=0, sigma_data=0.5))
+    net = RatioNet(denoiser_config(network, resolution=2, channels=1, num_classes=0, sigma_data=0.5), head, scale)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     for _ in range(400):
         sigma = torch.exp(torch.empty(256).uniform_(math.log(0.05), math.log(2.0)))

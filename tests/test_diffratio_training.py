@@ -47,7 +47,7 @@ def test_ratio_net_is_the_score_encoder_with_a_zero_head():
 def test_ratio_net_artifact_round_trip(tmp_path):
     score, config = score_net()
     ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
-    torch.nn.init.normal_(ratio.head.weight)
+    torch.nn.init.normal_(ratio.head.out.weight)
     save_weights(tmp_path / "ratio", ratio.state_dict(), ratio_config(config))
     loaded, loaded_config = load_ratio_net(tmp_path / "ratio", torch.device("cpu"))
     assert loaded_config == ratio_config(config)
@@ -82,11 +82,11 @@ def make_task(method, fail_at_step=None, runtime=CPU, **train_changes):
                            runtime=runtime)
     step, calls = task.step, []
 
-    def counted():
+    def counted(images=0):
         calls.append(train.batch_size)
         if len(calls) == fail_at_step:
             raise Interrupted
-        return step()
+        return step(images)
     task.step = counted
     return task, train, calls
 
@@ -105,8 +105,12 @@ def test_interrupted_training_resumes_bit_exactly(tmp_path, method):
         expected = getattr(reference, kind)[name].state_dict()
         for key, value in getattr(resumed, kind)[name].state_dict().items():
             assert torch.equal(value, expected[key]), f"{kind}/{name}/{key}"
-    columns = {"diffratio": {"acc_real", "acc_fake", "d_real", "d_fake", "h_mean"}, "vsd": {"fake_score_loss"}}[method]
-    assert set(resumed.diagnose()[0]) >= {"sigma", "update_norm", *columns}
+    columns = {"diffratio": {"auc", "d_real", "d_fake", "h_p05", "h_p95"}, "vsd": {"fake_score_loss"}}[method]
+    real, labels = torch.rand(4, 1, 8, 8) * 2 - 1, torch.arange(4)
+    rows = resumed.diagnose(real, labels, seed=0)
+    assert set(rows[0]) >= {"sigma", "update_norm", "update_share", "gradient_agreement", *columns}
+    assert rows[-1]["sigma"] == 0 and -1 <= rows[-1]["gradient_agreement"] <= 1  # at the training distribution
+    assert sum(r["update_share"] for r in rows[:-1]) == pytest.approx(1)
 
 
 def test_vsd_ignores_the_ratio_nets_r1_penalty():
@@ -127,3 +131,17 @@ def test_vsd_trains_the_fake_score_net_and_never_the_teacher():
     assert {"fake_score_loss", "update_norm", "grad_norm"} <= set(logs) and float(logs["grad_norm"]) > 0
     assert all(torch.equal(v, teacher[k]) for k, v in task.teacher.state_dict().items())
     assert not all(torch.equal(v, teacher[k]) for k, v in task.networks["fake_score"].state_dict().items())
+
+
+def test_the_generator_waits_for_the_warm_up():
+    """During train.auxiliary_warmup_images only the auxiliary net learns; the generator moves after it."""
+    task, train, _ = make_task("diffratio", auxiliary_warmup_images=16)
+    start = copy.deepcopy(task.networks["generator"].state_dict())
+    ratio_start = copy.deepcopy(task.networks["ratio"].state_dict())
+    for images in (0, 8):
+        logs = task.step(images)
+        assert "grad_norm" not in logs
+    assert all(torch.equal(v, start[k]) for k, v in task.networks["generator"].state_dict().items())
+    assert not all(torch.equal(v, ratio_start[k]) for k, v in task.networks["ratio"].state_dict().items())
+    assert "grad_norm" in task.step(16)
+    assert not all(torch.equal(v, start[k]) for k, v in task.networks["generator"].state_dict().items())

@@ -27,7 +27,7 @@ TINY = {"prepare": {"holdout": 200},
         "pretrain": {"batch_size": 32, "duration_images": 96, "log_every_images": 32, "checkpoint_every_images": 1000},
         "train": {"batch_size": 16, "duration_images": 48, "log_every_images": 16, "checkpoint_every_images": 1000,
                   "diagnostic_levels": 2, "diagnostic_samples": 8,
-                  "ratio_r1": 0.1, "ratio_weight_decay": 0.5},  # R1's double backward and the decay under DDP too
+                  "ratio_r1": 0.1, "auxiliary_weight_decay": 0.5},  # R1's double backward and the decay under DDP too
         "sample": {"batch_size": 10, "nfe": 3},
         "verifier": {"validation_images": 60, "calibration_images": 60, "test_images": 60}}
 

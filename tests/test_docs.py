@@ -248,12 +248,12 @@ def test_the_checks_catch_a_rotten_page(tmp_path):
     page = """
 Run `python -m pipeline.no_such_module` and `python -m stages.prepare`, then `dvc repro no_such_stage`
 and `dvc repro fid`; the `nowhere` stage; `dvc exp run -S train.no_such_key=1 -S train.seed=1
--S train.ratio_noise.p_mean=-1.2 -S train.ratio_noise.nope=0 -S train.seed.deeper=1`.
+-S train.auxiliary_noise.p_mean=-1.2 -S train.auxiliary_noise.nope=0 -S train.seed.deeper=1`.
 
 ```bash
 torchrun --nproc-per-node 2 -m stages.missing
 python -m pipeline.launch --nproc-per-node 2 stages.absent
-dvc exp run --queue -S 'train.ratio_lr=0.1,0.2' -S 'train.nope=0,1' -n name_not_stage && dvc queue start
+dvc exp run --queue -S 'train.auxiliary_lr=0.1,0.2' -S 'train.nope=0,1' -n name_not_stage && dvc queue start
 python -m venv .venv && python -m stages.<name>
 ```
 
@@ -267,6 +267,6 @@ and [a section](#quick-start).
 """
     assert sorted(broken_modules(page)) == ["pipeline.no_such_module", "stages.absent", "stages.missing"]
     assert sorted(broken_stages(page, dvc_stages(), stage_names())) == ["ghost", "no_such_stage", "nowhere"]
-    assert sorted(broken_params(page, params_tree())) == ["train.no_such_key", "train.nope", "train.ratio_noise.nope",
+    assert sorted(broken_params(page, params_tree())) == ["train.no_such_key", "train.nope", "train.auxiliary_noise.nope",
                                                           "train.seed.deeper"]
     assert broken_links(page, tmp_path) == ["missing.md#part", "grids/none.png"]

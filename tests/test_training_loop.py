@@ -30,7 +30,7 @@ class RegressionTask:
         self.optimizers = {"net": torch.optim.Adam(net.parameters(), lr=0.05)}
         self.steps, self.fail_at_step = 0, fail_at_step
 
-    def step(self):
+    def step(self, images=0):
         self.steps += 1
         if self.steps == self.fail_at_step:
             raise Interrupted
@@ -102,7 +102,7 @@ def test_the_device_is_synchronised_at_log_points_only(tmp_path, monkeypatch):
     syncs, steps = [], []
     task = RegressionTask()
     step = task.step
-    monkeypatch.setattr(task, "step", lambda: steps.append(1) or step())
+    monkeypatch.setattr(task, "step", lambda images: steps.append(1) or step(images))
     monkeypatch.setattr(loop_module, "synchronize", lambda device: syncs.append(len(steps)))
     state, _ = train(task, tmp_path / "ckpt")
     assert syncs == [0, *range(5, 41, 5)]  # once before the first step, then at every log point (every 5 steps)

@@ -66,7 +66,7 @@ class FailingTask(TrainingTask):
         super().__init__({"net": net}, {}, {"net": torch.optim.SGD(net.parameters(), lr=0.1)}, LOOP, CPU)
         self.bad_steps, self.count = bad_steps, 0
 
-    def step(self):
+    def step(self, images=0):
         self.count += 1
 
         def loss(draws):

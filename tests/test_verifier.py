@@ -106,7 +106,7 @@ def test_held_out_parts_are_disjoint_and_class_balanced():
 
 @pytest.mark.parametrize("key,value,message", [
     ("sigma", 0.0001, "verifier.sigma = 0.0001 is outside the noise levels the ratio net is trained on"),
-    ("sigma", 50, "train.ratio_noise"),
+    ("sigma", 50, "train.auxiliary_noise"),
     ("test_images", 300, "exceed prepare.holdout = 500"),
     ("batch_per_process", 100, "does not divide batch_size = 128"),
     ("patience", 0, "verifier.patience = 0"),

@@ -277,3 +277,14 @@ def _map_shard(path: Path, count: int) -> dict[str, torch.Tensor]:
         raise PipelineError(f"{path}: {({k: tuple(t.shape) for k, t in tensors.items()})} does not hold the "
                             f"{count} images (and labels) encoder.json lists: rerun `dvc repro encode`")
     return tensors
+
+
+def split_in_model_space(encoder, data: PreparedData, which: int, positions: np.ndarray, batch_size: int,
+                         device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prepared images of split `which` at `positions`, encoded as the training data is (one posterior sample
+    for sd-vae), and their labels."""
+    xs, labels = [], []
+    for images, batch_labels in data.batches(which, batch_size, positions):
+        xs.append(encoder.to_training(encoder.encode(images, device), Draws(len(images), device)))
+        labels.append(torch.as_tensor(batch_labels, device=device))
+    return torch.cat(xs), torch.cat(labels)

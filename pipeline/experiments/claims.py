@@ -29,7 +29,7 @@ from pipeline.artifacts import atomic_path, write_json
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metrics import mean_sd
 
-EDM_NOISE = {f"train.{loss}.{key}": value for loss in ("ratio_noise", "generator_noise")
+EDM_NOISE = {f"train.{loss}.{key}": value for loss in ("auxiliary_noise", "generator_noise")
              for key, value in (("p_mean", -1.2), ("p_std", 1.2))}  # EDM's training noise levels, both losses
 VARIANTS = {  # name: the params it sets (on top of the committed params.yaml)
     "diffratio": {},
@@ -43,10 +43,10 @@ VARIANTS = {  # name: the params it sets (on top of the committed params.yaml)
 # not reported on: auxiliary (fake score) steps per generator step, EDM's noise levels (on DiffRatio's [0.002, 5]),
 # a 5x auxiliary rate; and the winning noise levels given back to DiffRatio.
 TUNING = {
-    "vsd_aux2": {"method": "vsd", "train.ratio_steps": 2},
-    "vsd_aux5": {"method": "vsd", "train.ratio_steps": 5},
+    "vsd_aux2": {"method": "vsd", "train.auxiliary_steps": 2},
+    "vsd_aux5": {"method": "vsd", "train.auxiliary_steps": 5},
     "vsd_edm_noise": {"method": "vsd", **EDM_NOISE},
-    "vsd_aux_lr": {"method": "vsd", "train.ratio_lr": 0.001},
+    "vsd_aux_lr": {"method": "vsd", "train.auxiliary_lr": 0.001},
     "diffratio_edm_noise": EDM_NOISE,  # the noise levels that tuned the baseline, given to DiffRatio too
 }
 # The two knobs that each lifted the digits' lowest recalls (R1 x10 and augmentation, seeds 1-5), together; chosen
@@ -72,15 +72,15 @@ ABLATION = {
     "r1": {"train.ratio_r1": 0.1},
     "no_r1": {"train.ratio_r1": 0.0},
     "r1_strong": {"train.ratio_r1": 1.0},
-    "weight_decay": {"train.ratio_weight_decay": 1.0},
-    "ratio_steps2": {"train.ratio_steps": 2},
+    "weight_decay": {"train.auxiliary_weight_decay": 1.0},
+    "ratio_steps2": {"train.auxiliary_steps": 2},
     "matched_noise": {"train.weighting": "uniform"},
     "normalized_weighting": {"train.weighting": "normalized"},
     "ema_short": {"train.ema_halflife_images": 2500},
     "ema_long": {"train.ema_halflife_images": 10000},
-    "slow_ratio": {"train.ratio_lr": 0.0001},
+    "slow_ratio": {"train.auxiliary_lr": 0.0001},
     "fast_generator": {"train.generator_lr": 0.0004},
-    "fast_ratio": {"train.ratio_lr": 0.0004},
+    "fast_ratio": {"train.auxiliary_lr": 0.0004},
     "augment": {"train.ratio_augment.p": 0.25},
     "augment_xflip": {"train.ratio_augment.p": 0.25, "train.ratio_augment.xflip": True},
     "r1_strong_augment": R1_STRONG_AUGMENT,

@@ -1,10 +1,26 @@
-"""The density-ratio network d_phi(x, s, c): a scalar logit estimating log q_s(x) / p_s(x).
+"""The density-ratio network d_phi(x, s, c): a scalar logit estimating log q_s(x) / p_s(x) (generator over data).
 
-It is the teacher architecture's encoder half (embedding, down path; the project's U-Net adds its middle
-block) with the teacher's input scaling, global average pooling and a head; class-conditional nets add a
-projection term <embed(c), h>. Built from the teacher's config, it starts from the teacher's encoder
-weights with the head at zero (d = 0: the ratio is 1 everywhere until it has learnt something). For an EDM2
-teacher the head is magnitude-preserving like the rest of EDM2 (a unit-norm linear map times a learnt gain
+It is the teacher architecture's encoder half (embedding, down path; the project's U-Net adds its middle block),
+fed as the teacher is fed (c_in(s) x and c_noise(s)), with a head that reads the encoder's last feature map.
+Built from the teacher's config, it starts from the teacher's encoder weights with the head's output at zero
+(d = 0: the ratio is 1 everywhere until it has learnt something).
+
+Two choices, both in its config (train.ratio_net), shape what it can represent:
+
+- The head. `spatial` (the default): a small trained head applied at every location of the feature map (a 1x1
+  convolution, SiLU, a 1x1 convolution to one logit, as SiDA's discriminator reads per-location logits), the
+  logits averaged over locations, so that a local feature can carry the evidence without being averaged away
+  first. `pooled`: the first design, one linear map of the globally averaged features. Class-conditional nets add
+  a projection term <embed(c), h> (per location for `spatial`).
+- The logit's scale across noise levels. The optimal logit's x-gradient is the score difference
+  (D_q(x; s) - D_p(x; s)) / s^2, which grows like 1/s^2 as s falls when data lie near a low-dimensional set (and,
+  at large s, falls like 1/s^2). The encoder sees c_in x with c_in ~ 1/sd at small s and ~1/s at large s, and
+  features that denoise at level s react to x on the noise's own scale, s; a net whose logit is the head's
+  output directly therefore has an x-gradient of at most ~1/s at small s and ~1/s at large s. `inverse_sigma`
+  (the default) multiplies the head's output by c_logit(s) = sd / s, which gives the x-gradient the optimal
+  logit's 1/s^2 at both ends for O(1) head outputs; `none` is the first design (c_logit = 1).
+
+For an EDM2 teacher the head is magnitude-preserving like the rest of EDM2 (unit-norm maps, a learnt output gain
 that starts at zero).
 """
 
@@ -23,6 +39,9 @@ from pipeline.networks.published.convert import PUBLISHED, build_published
 from pipeline.networks.published.edm2 import MPConv, mp_silu
 from pipeline.networks.unet import UNetEncoder
 
+HEADS = ("spatial", "pooled")
+LOGIT_SCALES = ("inverse_sigma", "none")
+
 
 class ProjectEncoder(UNetEncoder):
     """The project U-Net's encoder half behind the published networks' `encoder_features` interface."""
@@ -37,52 +56,80 @@ class ProjectEncoder(UNetEncoder):
         return self(c_in * x, c_noise.flatten(), labels)[0]
 
 
-class MPHead(nn.Module):
-    """EDM2-style logit head: a unit-norm linear map of mp_silu features, times a gain that starts at zero."""
+def linear_map(cin: int, cout: int, spatial: bool, magnitude_preserving: bool) -> nn.Module:
+    """A map of vectors [N, C] or, `spatial`, a 1x1 convolution of feature maps [N, C, H, W]: plain, or EDM2's
+    unit-norm MPConv."""
+    if magnitude_preserving:
+        return MPConv(cin, cout, kernel=(1, 1) if spatial else ())
+    return nn.Conv2d(cin, cout, 1) if spatial else nn.Linear(cin, cout)
 
-    def __init__(self, width: int):
+
+class RatioHead(nn.Module):
+    """Features [N, C, H, W] -> one logit per sample, before the noise-level scale."""
+
+    def __init__(self, width: int, num_classes: int, kind: str, magnitude_preserving: bool):
         super().__init__()
-        self.linear, self.gain = MPConv(width, 1, kernel=()), nn.Parameter(torch.zeros([]))
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.linear(h) * self.gain
-
-
-class RatioNet(nn.Module):
-    def __init__(self, score_config: dict):
-        super().__init__()
-        published = score_config["kind"] == PUBLISHED
-        self.encoder = build_published(score_config, decoder=False) if published else ProjectEncoder(score_config)
-        self.magnitude_preserving = published and score_config["family"] == "edm2"
-        num_classes, width = score_config["num_classes"], self.encoder.encoder_channels
-        self.head = MPHead(width) if self.magnitude_preserving else nn.Linear(width, 1)
+        self.kind, self.mp = kind, magnitude_preserving
+        self.act = mp_silu if magnitude_preserving else F.silu
+        spatial = kind == "spatial"
+        self.hidden = linear_map(width, width, True, magnitude_preserving) if spatial else None
+        self.out = linear_map(width, 1, spatial, magnitude_preserving)
+        self.gain = nn.Parameter(torch.zeros([])) if magnitude_preserving else None  # MP: the output starts at zero
         self.projection = nn.Embedding(num_classes, width) if num_classes else None
-        zeroed = [] if self.magnitude_preserving else [self.head.weight, self.head.bias]  # MP: its gain is zero
+        zeroed = [] if magnitude_preserving else [self.out.weight, self.out.bias]
         for p in zeroed + ([self.projection.weight] if self.projection is not None else []):
             nn.init.zeros_(p)
 
+    def forward(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        h = self.act(h)
+        if self.kind == "pooled":
+            h = h.mean(dim=(2, 3))
+        else:
+            h = self.act(self.hidden(h))
+        with torch.autocast(h.device.type, enabled=False):  # the logit in fp32, also under bf16 autocast
+            h = h.float()
+            logit = self.out(h).squeeze(1)
+            if self.gain is not None:
+                logit = logit * self.gain
+            if self.projection is not None:
+                embed = self.projection(labels)
+                logit = logit + (embed[:, :, None, None] * h).sum(1) if h.dim() == 4 else logit + (embed * h).sum(1)
+            return logit.mean(dim=(1, 2)) if logit.dim() == 3 else logit
+
+
+def logit_scale(sigma: torch.Tensor, sigma_data: float, kind: str) -> torch.Tensor:
+    """c_logit(s): sd / s for `inverse_sigma` (see the module docstring), 1 for `none`."""
+    return sigma_data / sigma if kind == "inverse_sigma" else torch.ones_like(sigma)
+
+
+class RatioNet(nn.Module):
+    def __init__(self, score_config: dict, head: str, scale: str):
+        super().__init__()
+        if head not in HEADS or scale not in LOGIT_SCALES:
+            raise ValueError(f"ratio net head {head!r} / logit scale {scale!r}: expected one of {HEADS} / {LOGIT_SCALES}")
+        published = score_config["kind"] == PUBLISHED
+        self.encoder = build_published(score_config, decoder=False) if published else ProjectEncoder(score_config)
+        magnitude_preserving = published and score_config["family"] == "edm2"
+        self.head = RatioHead(self.encoder.encoder_channels, score_config["num_classes"], head, magnitude_preserving)
+        self.scale, self.sigma_data = scale, score_config["sigma_data"]
+
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         sigma = per_sample(sigma, x)
-        h = self.encoder.encoder_features(x, sigma, labels)
-        h = (mp_silu(h) if self.magnitude_preserving else F.silu(h)).mean(dim=(2, 3)).float()
-        with torch.autocast(x.device.type, enabled=False):  # the logit in fp32, also under bf16 autocast
-            logit = self.head(h).squeeze(1)
-            if self.projection is not None:
-                logit = logit + (self.projection(labels) * h).sum(dim=1)
-        return logit
+        logit = self.head(self.encoder.encoder_features(x, sigma, labels), labels)
+        return logit * logit_scale(sigma, self.sigma_data, self.scale)
 
 
-def ratio_config(score_config: dict) -> dict:
-    return {"kind": "ratio-net", "score": score_config}
+def ratio_config(score_config: dict, head: str = "spatial", scale: str = "inverse_sigma") -> dict:
+    return {"kind": "ratio-net", "score": score_config, "head": head, "logit_scale": scale}
 
 
 def build_ratio_net(config: dict) -> RatioNet:
-    return RatioNet(config["score"])
+    return RatioNet(config["score"], config["head"], config["logit_scale"])
 
 
 def init_from_score(ratio: RatioNet, score: nn.Module) -> RatioNet:
-    """Copy the teacher's encoder weights (same architecture, so every name and shape matches); the head stays
-    at zero."""
+    """Copy the teacher's encoder weights (same architecture, so every name and shape matches); the head's output
+    stays at zero."""
     source = score.backbone.encoder.state_dict() if isinstance(score, Denoiser) else score.state_dict()
     ratio.encoder.load_state_dict({name: source[name] for name in ratio.encoder.state_dict()})
     return ratio

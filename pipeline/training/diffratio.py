@@ -22,6 +22,13 @@ from pipeline.training.one_step import OneStepTraining
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
 
 
+def auc(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """The probability that a positive scores above a negative (ties count half): the Mann-Whitney AUC (0-d, on
+    the device: no wait for the host)."""
+    diff = positive.float()[:, None] - negative.float()[None, :]
+    return (diff > 0).float().mean() + 0.5 * (diff == 0).float().mean()
+
+
 class DiffRatioTraining(OneStepTraining):
     auxiliary = "ratio"
 
@@ -35,10 +42,11 @@ class DiffRatioTraining(OneStepTraining):
         with torch.no_grad():
             x_fake = augment(self.generate(labels, draws), self.p.ratio_augment, draws)
         x_real = augment(x_real, self.p.ratio_augment, draws)
-        sigma = sample_noise_levels(draws, self.p.ratio_noise)
+        sigma = sample_noise_levels(draws, self.p.auxiliary_noise)
         loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, self.p.ratio_r1)
-        return loss, {"ratio_loss": loss, "acc_real": (logits["d_real"] < 0).float().mean(),
-                      "acc_fake": (logits["d_fake"] > 0).float().mean(), "d_real": logits["d_real"].mean(),
+        # AUC, not accuracy at d = 0: a shift of every logit moves the two accuracies apart
+        return loss, {"ratio_loss": loss, "auc": auc(logits["d_fake"], logits["d_real"]),
+                      "d_real": logits["d_real"].mean(),
                       "d_fake": logits["d_fake"].mean(), **({"r1": logits["r1"]} if "r1" in logits else {})}
 
     def generator_loss(self, x_gen, sigma, labels, draws):
@@ -47,18 +55,26 @@ class DiffRatioTraining(OneStepTraining):
                                    self.p.logit_clamp, noise=draws.randn(*x_gen.shape[1:]))
         return loss, {"h_mean": out["h"].mean()}
 
-    def diagnose_level(self, sigma: torch.Tensor, draws: Draws) -> dict[str, torch.Tensor]:
-        """The ratio net's accuracy and logit on real and generated samples, the weight h, and the norm of the
-        per-sample x-space update w h grad_x d."""
+    def diagnose_level(self, sigma, real, labels, draws):
+        """The ratio net's logits on held-out real and generated samples, the weight h on generated ones and the
+        norm of their per-sample x-space update w h grad_x d."""
         p, ratio = self.p, self.networks["ratio"]
-        x_real, labels = self.batch(draws)
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
-            _, logits = ratio_loss(ratio, x_fake, x_real, labels, sigma, draws)
+            _, logits = ratio_loss(ratio, x_fake, real, labels, sigma, draws)
         x_in = x_fake.requires_grad_(True)  # so that x_s carries a gradient to read
         _, out = generator_loss(ratio, x_in, sigma, labels, self.divergence, p.weighting, p.logit_clamp,
                                 noise=draws.randn(*x_in.shape[1:]))
         (grad,) = torch.autograd.grad(out["terms"].sum(), out["x_s"])
-        return {"acc_real": (logits["d_real"] < 0).float(), "acc_fake": (logits["d_fake"] > 0).float(),
-                "d_real": logits["d_real"], "d_fake": logits["d_fake"], "h_mean": out["h"],
+        return {"d_real": logits["d_real"], "d_fake": logits["d_fake"], "h": out["h"],
                 "update_norm": grad.flatten(1).norm(dim=1)}
+
+    def summarise_level(self, values):
+        """AUC of the logits between generated and held-out real samples (0.5: the net cannot tell them apart),
+        their means and sds, the range of h (5th to 95th percentile) and the mean update."""
+        d_real, d_fake, h = values["d_real"].float(), values["d_fake"].float(), values["h"].float()
+        return {"auc": auc(d_fake, d_real).item(),
+                "d_real": d_real.mean().item(), "d_real_sd": d_real.std().item(),
+                "d_fake": d_fake.mean().item(), "d_fake_sd": d_fake.std().item(),
+                "h_p05": h.quantile(0.05).item(), "h_mean": h.mean().item(), "h_p95": h.quantile(0.95).item(),
+                "update_norm": values["update_norm"].mean().item()}

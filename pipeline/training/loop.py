@@ -44,9 +44,10 @@ class Task(Protocol):  # e.g. pipeline.training_task.TrainingTask
     optimizers: dict[str, torch.optim.Optimizer]
     ema: dict[str, nn.Module]  # EMA copy of networks[name], same architecture
 
-    def step(self) -> dict[str, torch.Tensor | float]:
-        """One optimisation step on a fresh global batch; returns scalars to log. `skipped`, if present, is
-        the number of updates the non-finite guard skipped."""
+    def step(self, images: int) -> dict[str, torch.Tensor | float]:
+        """One optimisation step on a fresh global batch, `images` images into training; returns scalars to log
+        (a step may leave some out, e.g. during a warm-up). `skipped`, if present, is the number of updates the
+        non-finite guard skipped."""
 
 
 @dataclass
@@ -55,6 +56,7 @@ class LoopState:
     steps: int = 0
     skipped: int = 0  # updates skipped because their gradient was not finite
     curves: list[dict] = field(default_factory=list)
+    diagnostics: list[dict] = field(default_factory=list)  # rows of the periodic diagnostics, with their images
 
 
 def fingerprint(*parts: object, compute: ComputeParams) -> str:
@@ -109,7 +111,8 @@ def save_checkpoint(directory: Path, task: Task, state: LoopState, run_id: str) 
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "state.safetensors"))
         write_json(tmp / "state.json", {"run_id": run_id, "images": state.images, "steps": state.steps,
-                                         "skipped": state.skipped, "optimizer_groups": groups, "curves": state.curves})
+                                         "skipped": state.skipped, "optimizer_groups": groups, "curves": state.curves,
+                                         "diagnostics": state.diagnostics})
 
 
 def load_checkpoint(directory: Path, task: Task, run_id: str, runtime: Runtime) -> LoopState | None:
@@ -137,7 +140,7 @@ def load_checkpoint(directory: Path, task: Task, run_id: str, runtime: Runtime) 
     torch.set_rng_state(tensors["rng/cpu"].cpu())
     if "rng/cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng/cuda"].cpu())
-    return LoopState(meta["images"], meta["steps"], meta["skipped"], meta["curves"])
+    return LoopState(meta["images"], meta["steps"], meta["skipped"], meta["curves"], meta["diagnostics"])
 
 
 def _set_lr(task: Task, images: int, rampup_images: int) -> None:
@@ -190,20 +193,27 @@ def checkpoint_lock(checkpoint_dir: Path, runtime: Runtime) -> Iterator[None]:
             handle.close()
 
 
-def run_training(task: Task, loop: LoopParams, checkpoint_dir: str | Path, run_id: str, runtime: Runtime,
-                 description: str, on_finish: Callable[[LoopState], None], seed: int) -> LoopState:
-    """Train until `loop.duration_images`, resuming from `checkpoint_dir` when it holds this run's state.
+Diagnose = tuple[int, Callable[[int], list[dict]]]  # (every so many images, rows at a number of images)
 
+
+def run_training(task: Task, loop: LoopParams, checkpoint_dir: str | Path, run_id: str, runtime: Runtime,
+                 description: str, on_finish: Callable[[LoopState], None], seed: int,
+                 diagnose: Diagnose | None = None) -> LoopState:
+    """Train until `loop.duration_images`, resuming from `checkpoint_dir` when it holds this run's state.
+    `seed` seeds torch's generator (a stream seed of pipeline.randomness).
+
+    `diagnose` = (every, rows): the main process calls rows(images) every `every` images (not at the end, which is
+    on_finish's business) and keeps them, with their images, in state.diagnostics; their time is not step time.
     `on_finish` writes the stage's outputs (main process only); the checkpoint is removed after it returns.
     A run is refused while another process holds the checkpoint folder.
     """
     checkpoint_dir = Path(checkpoint_dir)
     with checkpoint_lock(checkpoint_dir, runtime):
-        return _train(task, loop, checkpoint_dir, run_id, runtime, description, on_finish, seed)
+        return _train(task, loop, checkpoint_dir, run_id, runtime, description, on_finish, seed, diagnose)
 
 
 def _train(task: Task, loop: LoopParams, checkpoint_dir: Path, run_id: str, runtime: Runtime, description: str,
-           on_finish: Callable[[LoopState], None], seed: int) -> LoopState:
+           on_finish: Callable[[LoopState], None], seed: int, diagnose: Diagnose | None) -> LoopState:
     device = runtime.device
     for opt in task.optimizers.values():  # remember the configured rates before any ramp-up
         for group in opt.param_groups:
@@ -214,9 +224,11 @@ def _train(task: Task, loop: LoopParams, checkpoint_dir: Path, run_id: str, runt
         print(f"resuming {description} from its checkpoint at {state.images:,} images")
     next_log = state.images + loop.log_every_images
     next_checkpoint = state.images + loop.checkpoint_every_images
+    next_diagnosis = (state.images // diagnose[0] + 1) * diagnose[0] if diagnose else None
     # Logged values stay on the device between log points (float64 sums: the same as summing Python floats), and
     # the step time is the interval's wall time over its steps, so the device is synchronised at log points only.
     sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}  # steps that logged each key
     skipped = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     synchronize(device)
@@ -225,7 +237,7 @@ def _train(task: Task, loop: LoopParams, checkpoint_dir: Path, run_id: str, runt
         bar_task = bar.add_task(description, total=loop.duration_images, completed=state.images, status="")
         while state.images < loop.duration_images:
             _set_lr(task, state.images, loop.lr_rampup_images)
-            logs = task.step()
+            logs = task.step(state.images)
             skipped += torch.as_tensor(logs.pop("skipped", 0), dtype=torch.float64, device=device)
             state.images += loop.batch_size
             state.steps += 1
@@ -235,21 +247,28 @@ def _train(task: Task, loop: LoopParams, checkpoint_dir: Path, run_id: str, runt
             for key, value in logs.items():
                 value = torch.as_tensor(value, device=device).detach().double()
                 sums[key] = sums[key] + value if key in sums else value
+                counts[key] = counts.get(key, 0) + 1
             count += 1
             if state.images >= next_log or state.images >= loop.duration_images:
                 synchronize(device)
                 step_seconds = (time.perf_counter() - interval_started - paused) / count
                 state.skipped += int(skipped)
                 skipped.zero_()
-                means = {k: v.item() / count for k, v in sums.items()}
+                means = {k: v.item() / counts[k] for k, v in sums.items()}
                 means = _mean_over_processes({**means, "step_seconds": step_seconds}, runtime)
                 row = {"images": state.images, "step": state.steps, **means, "skipped_steps": state.skipped}
                 state.curves.append(row)
-                sums, count = {}, 0
+                sums, counts, count = {}, {}, 0
                 next_log += loop.log_every_images
                 status = " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("images", "step"))
                 bar.update(bar_task, status=status)
                 interval_started, paused = time.perf_counter(), 0.0
+            if next_diagnosis is not None and next_diagnosis <= state.images < loop.duration_images:
+                started = time.perf_counter()
+                if runtime.main:
+                    state.diagnostics += [{"images": state.images, **row} for row in diagnose[1](state.images)]
+                next_diagnosis += diagnose[0]
+                paused += time.perf_counter() - started
             if state.images >= next_checkpoint and state.images < loop.duration_images:
                 saving = time.perf_counter()
                 state.skipped += int(skipped)

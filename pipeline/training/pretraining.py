@@ -28,6 +28,6 @@ class ScorePretraining(TrainingTask):
                         self.p.noise, draws, SIGMA_DATA).mean()
         return loss, {"loss": loss}
 
-    def step(self) -> dict[str, torch.Tensor]:
+    def step(self, images: int = 0) -> dict[str, torch.Tensor]:
         logs, _ = self.update("score", self.loss)
         return logs

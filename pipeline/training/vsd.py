@@ -50,7 +50,7 @@ class VSDTraining(OneStepTraining):
         _, labels = self.batch(draws)
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
-        sigma = sample_noise_levels(draws, self.p.ratio_noise)
+        sigma = sample_noise_levels(draws, self.p.auxiliary_noise)
         loss = denoising_loss(self.run["fake_score"], x_fake, labels, sigma, draws.randn(*x_fake.shape[1:]),
                               self.teacher.sigma_data).mean()
         return loss, {"fake_score_loss": loss}
@@ -60,14 +60,16 @@ class VSDTraining(OneStepTraining):
                                           self.p.weighting, noise=draws.randn(*x_gen.shape[1:]))
         return loss, {"update_norm": out["update"].flatten(1).norm(dim=1).mean()}
 
-    def diagnose_level(self, sigma: torch.Tensor, draws: Draws) -> dict[str, torch.Tensor]:
+    def diagnose_level(self, sigma, real, labels, draws):
         """The fake score net's denoising loss on generated samples, and the norm of the per-sample x-space
         update w (D_fake - D_teacher) / s^2."""
         fake = self.networks["fake_score"]
-        _, labels = self.batch(draws)
         with torch.no_grad():
             x_fake = self.generate(labels, draws)
             loss = denoising_loss(fake, x_fake, labels, sigma, draws.randn(*x_fake.shape[1:]), fake.sigma_data)
         _, out = score_difference_loss(fake, self.teacher, x_fake, sigma, labels, self.p.weighting,
                                        noise=draws.randn(*x_fake.shape[1:]))
         return {"fake_score_loss": loss, "update_norm": out["update"].flatten(1).norm(dim=1)}
+
+    def summarise_level(self, values):
+        return {key: value.float().mean().item() for key, value in values.items()}
