@@ -8,7 +8,6 @@ Interrupted runs resume from data/checkpoints/pretrain on the next `dvc repro`.
 import shutil
 import time
 
-
 from pipeline.artifacts import atomic_path, read_json, require, write_csv, write_json
 from pipeline.config import Params
 from pipeline.datasets.encoders import map_encoded
