@@ -196,7 +196,7 @@ class RatioNetParams(Section):
     """DiffRatio's ratio net (pipeline/networks/ratio_net.py): its head and its logit's scale across noise levels."""
 
     head: Literal["spatial", "pooled"]  # per-location logits of a small trained head | one map of pooled features
-    logit_scale: Literal["inverse_sigma", "none"]  # d = (sd / s) x head | d = head (the first design)
+    logit_scale: Literal["inverse_variance", "inverse_sigma", "none"]  # d = (sd/s)^2 x head | (sd/s) x head | head
 
 
 class TrainParams(LoopParams):
@@ -220,6 +220,7 @@ class TrainParams(LoopParams):
     auxiliary_warmup_images: int = Field(ge=0)  # generated images the auxiliary net trains on against the
     # generator at initialisation before the generator moves (part of duration_images)
     ratio_net: RatioNetParams  # DiffRatio; vsd ignores it
+    ratio_level_weighting: Literal["none", "balanced"]  # DiffRatio: weight each level's ratio loss by 1 / c_logit(s)
     ratio_r1: float = Field(ge=0)  # gamma of the R1 penalty on real data (ratio_losses.py); vsd ignores it
     ratio_augment: AugmentParams  # DiffRatio: augment the ratio net's inputs; vsd ignores it
     diagnostic_levels: int = Field(ge=2)  # noise levels (log-spaced over auxiliary_noise's range) of the diagnostics

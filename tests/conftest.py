@@ -5,13 +5,7 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ComputeParams
-from pipeline.runtime import Runtime
-
-ROOT = Path(__file__).resolve().parents[1]
-# one CPU process, fp32: what a stage gets from `python -m stages.<name>` on this machine
-CPU = Runtime(torch.device("cpu"), ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False,
-                                                compile=False, threads="auto"))
+from tests.helpers import ROOT
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 from pipeline.config import AugmentParams
 from pipeline.randomness import Draws
 from pipeline.training.augment import augment
-from tests.test_diffratio_training import make_task
+from tests.helpers import make_task
 
 
 def params(p=0.9, translate=0.25, xflip=False):

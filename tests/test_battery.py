@@ -10,7 +10,7 @@ from pipeline.datasets.prepared import load_prepared, write_prepared
 from pipeline.evaluation import battery
 from pipeline.evaluation.reference import load_reference
 from stages import reference as reference_stage
-from tests.conftest import CPU
+from tests.helpers import CPU
 
 
 def test_degradations():

@@ -8,7 +8,7 @@ from pipeline.networks.models import denoiser_config
 from pipeline.networks.ratio_net import build_ratio_net, ratio_config
 from pipeline.randomness import Draws
 from pipeline.training.ratio_losses import ratio_loss
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_flops_counts_a_ratio_step_with_the_r1_double_backward():

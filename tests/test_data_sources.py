@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import PrepareParams
 from pipeline.datasets import sources as data_sources
 from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared, write_prepared
 from pipeline.errors import PipelineError
-
-
-def prepare_params(**changes) -> PrepareParams:
-    base = dict(source="digits", path=None, resolution=8, holdout=100, max_images=None, on_bad_image="fail",
-                shard_size=50000)
-    return PrepareParams(**{**base, **changes})
+from tests.helpers import prepare_params
 
 
 def all_images(data) -> np.ndarray:

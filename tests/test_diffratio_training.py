@@ -7,10 +7,6 @@ import pytest
 import torch
 
 from pipeline.artifacts import save_weights
-from pipeline.config import load_params
-from pipeline.datasets.encoders import IdentityEncoder
-from pipeline.datasets.training_data import TrainingData
-from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.models import build_denoiser, denoiser_config
 from pipeline.networks.ratio_net import (
     build_ratio_net,
@@ -19,20 +15,8 @@ from pipeline.networks.ratio_net import (
     ratio_config,
 )
 from pipeline.networks.unet import count_parameters
-from pipeline.training.diffratio import DiffRatioTraining
-from pipeline.training.divergences import DIVERGENCES
 from pipeline.training.loop import run_training
-from pipeline.training.vsd import VSDTraining
-from tests.conftest import CPU, ROOT
-
-PARAMS = load_params(ROOT / "params.yaml")
-TINY_NET = PARAMS.pretrain.network.model_copy(update={"channels": 8})
-
-
-def score_net(num_classes=10):
-    torch.manual_seed(0)
-    config = denoiser_config(TINY_NET, 8, 1, num_classes, 0.5)
-    return build_denoiser(config), config
+from tests.helpers import CPU, PARAMS, Interrupted, make_task, score_net
 
 
 def test_ratio_net_is_the_score_encoder_with_a_zero_head():
@@ -59,36 +43,6 @@ def test_default_ratio_net_is_lightweight():
     config = denoiser_config(PARAMS.pretrain.network, 8, 1, 10, 0.5)
     ratio = build_ratio_net(ratio_config(config))
     assert count_parameters(ratio) <= 0.6 * count_parameters(build_denoiser(config))
-
-
-class Interrupted(Exception):
-    pass
-
-
-def make_task(method, fail_at_step=None, runtime=CPU, **train_changes):
-    score, config = score_net()
-    train = PARAMS.train.model_copy(update={"batch_size": 8, "duration_images": 8 * 6, "log_every_images": 16,
-                                            "checkpoint_every_images": 24, "diagnostic_samples": 4,
-                                            "diagnostic_levels": 2, **train_changes})
-    generator = OneStepGenerator(copy.deepcopy(score), train.t_init).requires_grad_(True)
-    torch.manual_seed(1)
-    data = TrainingData(IdentityEncoder(), [{"x": torch.rand(32, 1, 8, 8) * 2 - 1}], torch.arange(32) % 10,
-                        torch.device("cpu"))
-    if method == "diffratio":
-        ratio = init_from_score(build_ratio_net(ratio_config(config)), score)
-        task = DiffRatioTraining(generator, ratio, data, train, DIVERGENCES["dijs"], conditional=True, runtime=runtime)
-    else:
-        task = VSDTraining(generator, copy.deepcopy(score).requires_grad_(True), score, data, train, conditional=True,
-                           runtime=runtime)
-    step, calls = task.step, []
-
-    def counted(images=0):
-        calls.append(train.batch_size)
-        if len(calls) == fail_at_step:
-            raise Interrupted
-        return step(images)
-    task.step = counted
-    return task, train, calls
 
 
 @pytest.mark.parametrize("method", ["diffratio", "vsd"])

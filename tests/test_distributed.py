@@ -6,53 +6,16 @@ scores are identical, trained weights and pooled scores equal up to float roundi
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.helpers import stage, tensors, write_params
 
 pytestmark = pytest.mark.slow
 
-TINY = {"prepare": {"holdout": 200},
-        "reference": {"epochs": 1},
-        "evaluation": {"set_size": 20, "num_sets": 2, "floor_sets": 2, "kid_subsets": 5},
-        "pretrain": {"batch_size": 32, "duration_images": 96, "log_every_images": 32, "checkpoint_every_images": 1000},
-        "train": {"batch_size": 16, "duration_images": 48, "log_every_images": 16, "checkpoint_every_images": 1000,
-                  "diagnostic_levels": 2, "diagnostic_samples": 8,
-                  "ratio_r1": 0.1, "auxiliary_weight_decay": 0.5},  # R1's double backward and the decay under DDP too
-        "sample": {"batch_size": 10, "nfe": 3},
-        "verifier": {"validation_images": 60, "calibration_images": 60, "test_images": 60}}
-
-
-def write_params(workdir, processes: int, batch_per_process: dict[str, int | None]) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section].update(values)
-    params["device"], params["compute"]["processes"] = "cpu", processes
-    for section, value in batch_per_process.items():
-        params[section]["batch_per_process"] = value
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
-
-
-def stage(workdir, name: str, processes: int) -> None:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
-                if processes > 1 else [sys.executable])
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([*launcher, "-m", f"stages.{name}"], cwd=workdir, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, f"{name} with {processes} process(es) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-
-
-def tensors(folder) -> dict[str, torch.Tensor]:
-    return {f"{path.relative_to(folder)}/{key}": value for path in sorted(folder.rglob("*.safetensors"))
-            for key, value in load_file(str(path)).items()}
 
 
 def arrays(folder) -> dict[str, np.ndarray]:

@@ -19,29 +19,19 @@ from pipeline.datasets.encoders import (
     shard_name,
     write_encoded,
 )
-from pipeline.datasets.prepared import HOLDOUT, TRAIN, PreparedData
 from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError
 from pipeline.randomness import Draws
 from pipeline.runtime import Runtime
+from tests.helpers import HELD, prepared, random_images
 
 CPU = torch.device("cpu")
 COMPUTE = ComputeParams(processes=1, precision="fp32", tf32=False, channels_last=False, compile=False, threads="auto")
 RUNTIME = Runtime(CPU, COMPUTE)
 
 
-def random_images(n=12, res=16, channels=3, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, res, res, channels), dtype=np.uint8)
 
 
-def prepared(images, labels, shard_size, held=()) -> PreparedData:
-    """Prepared data in memory: `images` in shards of `shard_size`, the rows `held` held out."""
-    split = np.full(len(images), TRAIN, np.uint8)
-    split[list(held)] = HOLDOUT
-    manifest = {"class_names": [str(c) for c in range(int(labels.max()) + 1)], "shard_size": shard_size,
-                "resolution": images.shape[1], "channels": images.shape[3]}
-    shards = [images[s : s + shard_size] for s in range(0, len(images), shard_size)]
-    return PreparedData(shards, np.asarray(labels, np.int64), split, manifest)
 
 
 def test_identity_round_trip_is_exact():
@@ -114,7 +104,6 @@ def encode_directly(encoder, images: np.ndarray) -> dict[str, torch.Tensor]:
     return encoder.encode(images, CPU)
 
 
-HELD = (0, 7, 8, 20, 39)  # held-out rows: the encode shards (of training images) differ from the prepared ones
 
 
 def test_sharded_identity_encode_equals_a_direct_encode(tmp_path):

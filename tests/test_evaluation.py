@@ -21,8 +21,8 @@ from pipeline.evaluation.reference import load_reference, summarise_row
 from pipeline.randomness import seed_of
 from stages import fid as fid_stage
 from stages import reference as reference_stage
-from tests.conftest import CPU as RUNTIME
-from tests.test_data_sources import prepare_params
+from tests.helpers import CPU as RUNTIME
+from tests.helpers import prepare_params
 
 CPU = torch.device("cpu")
 

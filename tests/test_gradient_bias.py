@@ -7,7 +7,7 @@ from pipeline.experiments import gradient_bias
 from pipeline.training.divergences import DIVERGENCES
 from pipeline.training.ratio_losses import generator_loss
 from pipeline.training.vsd import score_difference_loss
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PARAMS = load_params(ROOT / "params.yaml").gradient_bias
 

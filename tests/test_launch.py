@@ -21,8 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.launch import rendezvous_args
 from pipeline.runtime import start
 from pipeline.stage import check_split
-from tests.conftest import ROOT
-from tests.test_distributed import stage, tensors, write_params
+from tests.helpers import ROOT, stage, tensors, write_params
 
 NODES = {"DIFFRATIO_NNODES": "2", "DIFFRATIO_NODE_RANK": "1", "DIFFRATIO_RDZV_ENDPOINT": "node0:29500"}
 
@@ -148,7 +147,7 @@ def test_two_nodes_match_one_process(workdir):
 HOLD = """import sys, time
 from pathlib import Path
 from pipeline.training.loop import checkpoint_lock
-from tests.conftest import CPU
+from tests.helpers import CPU
 with checkpoint_lock(Path("data/checkpoints/pretrain"), CPU):
     print("held", flush=True)
     time.sleep(600)

@@ -16,7 +16,7 @@ from pipeline.networks.unet import count_parameters
 from pipeline.training.methods import build_task
 from pipeline.training.ratio_losses import ratio_loss
 from pipeline.training.task import Draws
-from tests.conftest import CPU, ROOT
+from tests.helpers import CPU, ROOT
 
 CPU_DEVICE = torch.device("cpu")
 PROJECT = denoiser_config(NetworkParams(channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pipeline.config import ParamsError, load_params, parse_params
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_the_repository_params_are_valid():

@@ -6,7 +6,7 @@ import yaml
 
 from pipeline.config import load_params
 from pipeline.networks.unet import UNet, count_parameters
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 # preset: (model-space resolution, channels, millions of score-net parameters: the class it claims)
 PRESETS = {"cifar10": (32, 3, (50, 65)),  # DDPM++: 56M

@@ -20,7 +20,7 @@ from pipeline.networks.published.convert import check_data_matches, convert_chec
 from pipeline.networks.ratio_net import load_ratio_net
 from pipeline.training.methods import build_task
 from stages import encode, fid, prepare, pretrain, reference, sample, teacher, train, verifier
-from tests.conftest import CPU, ROOT
+from tests.helpers import CPU, ROOT
 from tests.teacher_goldens import EDM2_GOLDENS, GOLDENS, golden_dir
 
 PARAMS = load_params(ROOT / "params.yaml")

@@ -16,7 +16,9 @@ from pipeline.runtime import Runtime
 from pipeline.stage import run_stage
 from stages import encode as encode_stage
 from stages import prepare as prepare_stage
-from tests.test_encoders import COMPUTE, CPU, HELD, prepared, random_images
+from tests.helpers import COMPUTE, HELD, prepared, random_images
+
+CPU = torch.device("cpu")
 
 
 class Group:

@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.artifacts import atomic_path
 from pipeline.config import LoopParams
 from pipeline.training.loop import run_training, update_ema
-from tests.conftest import CPU
+from tests.helpers import CPU
 
 LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=8 * 40, lr_rampup_images=80, ema_halflife_images=40,
                   log_every_images=8 * 5, checkpoint_every_images=8 * 10)

@@ -21,7 +21,7 @@ from pipeline.networks.models import build_denoiser, denoiser_config
 from pipeline.networks.ratio_net import build_ratio_net, ratio_config
 from pipeline.training.early_stopping import fit_early_stopped
 from stages import verifier as verifier_stage
-from tests.conftest import CPU, ROOT
+from tests.helpers import CPU, ROOT
 
 SCALE, BIAS, MU = 2.5, -0.7, 1.0  # raw logits d with SCALE * d + BIAS = log q/p for p = N(0, 1), q = N(MU, 1)
 

@@ -16,9 +16,13 @@ Two choices, both in its config (train.ratio_net), shape what it can represent:
   (D_q(x; s) - D_p(x; s)) / s^2, which grows like 1/s^2 as s falls when data lie near a low-dimensional set (and,
   at large s, falls like 1/s^2). The encoder sees c_in x with c_in ~ 1/sd at small s and ~1/s at large s, and
   features that denoise at level s react to x on the noise's own scale, s; a net whose logit is the head's
-  output directly therefore has an x-gradient of at most ~1/s at small s and ~1/s at large s. `inverse_sigma`
-  (the default) multiplies the head's output by c_logit(s) = sd / s, which gives the x-gradient the optimal
-  logit's 1/s^2 at both ends for O(1) head outputs; `none` is the first design (c_logit = 1).
+  output directly therefore has an x-gradient of at most ~1/s at small s and ~1/s at large s (`none`, the first
+  design: c_logit = 1). `inverse_variance` multiplies the head's output by c_logit(s) = sd^2 / s^2: the head then
+  learns E = s^2 d / sd^2, whose x-gradient (D_q - D_p) / sd^2 is an x0-space displacement, O(1) at every level,
+  so w = s^2 gives the generator the x0-space update VSD and DMD take. `inverse_sigma` (sd / s) lies between.
+  A larger c_logit makes each update of the head move the logit further at small s; the ratio loss can weight
+  each sample by 1 / c_logit(s) (train.ratio_level_weighting: balanced) so that every level moves the head alike
+  (any positive weighting of the levels leaves the optimum, d = log q_s / p_s at every s, where it is).
 
 For an EDM2 teacher the head is magnitude-preserving like the rest of EDM2 (unit-norm maps, a learnt output gain
 that starts at zero).
@@ -40,7 +44,7 @@ from pipeline.networks.published.edm2 import MPConv, mp_silu
 from pipeline.networks.unet import UNetEncoder
 
 HEADS = ("spatial", "pooled")
-LOGIT_SCALES = ("inverse_sigma", "none")
+LOGIT_SCALES = ("inverse_variance", "inverse_sigma", "none")
 
 
 class ProjectEncoder(UNetEncoder):
@@ -98,7 +102,9 @@ class RatioHead(nn.Module):
 
 
 def logit_scale(sigma: torch.Tensor, sigma_data: float, kind: str) -> torch.Tensor:
-    """c_logit(s): sd / s for `inverse_sigma` (see the module docstring), 1 for `none`."""
+    """c_logit(s) (see the module docstring): sd^2 / s^2, sd / s or 1."""
+    if kind == "inverse_variance":
+        return (sigma_data / sigma) ** 2
     return sigma_data / sigma if kind == "inverse_sigma" else torch.ones_like(sigma)
 
 

@@ -12,8 +12,8 @@ import torch
 from pipeline.config import TrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
-from pipeline.networks.ratio_net import RatioNet
-from pipeline.noise_levels import sample_noise_levels
+from pipeline.networks.ratio_net import RatioNet, logit_scale
+from pipeline.noise_levels import SIGMA_DATA, sample_noise_levels
 from pipeline.randomness import Draws
 from pipeline.runtime import Runtime
 from pipeline.training.augment import augment
@@ -43,7 +43,9 @@ class DiffRatioTraining(OneStepTraining):
             x_fake = augment(self.generate(labels, draws), self.p.ratio_augment, draws)
         x_real = augment(x_real, self.p.ratio_augment, draws)
         sigma = sample_noise_levels(draws, self.p.auxiliary_noise)
-        loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, self.p.ratio_r1)
+        scale = logit_scale(sigma, SIGMA_DATA, self.p.ratio_net.logit_scale)
+        loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, self.p.ratio_r1, scale,
+                                  self.p.ratio_level_weighting == "balanced")
         # AUC, not accuracy at d = 0: a shift of every logit moves the two accuracies apart
         return loss, {"ratio_loss": loss, "auc": auc(logits["d_fake"], logits["d_real"]),
                       "d_real": logits["d_real"].mean(),

@@ -20,30 +20,42 @@ from pipeline.training.weighting import noise_weight
 
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,
-               sigma: torch.Tensor, draws: Draws, r1: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean loss and per-sample logits (d_fake, d_real) for diagnostics; the noise comes from `draws`.
+               sigma: torch.Tensor, draws: Draws, r1: float = 0.0, scale: torch.Tensor | None = None,
+               balanced: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean loss and per-sample logits (d_fake, d_real) for diagnostics; the noise comes from `draws`. `scale` is
+    the ratio net's c_logit(s) per sample (pipeline/networks/ratio_net.py; default 1); with `balanced` each pair's
+    loss is weighted by 1 / c_logit(s), normalised to mean 1 over the batch, so that every level moves the head's
+    output alike.
 
-    With r1 > 0 the loss adds an R1 penalty on the noisy real samples (as GANs' discriminators have it):
-        r1 / 2 * E[ |grad_x d(x0 + s eps', s)|^2 ]
+    With r1 > 0 the loss adds an R1 penalty on the noisy real samples (as GANs' discriminators have it), on the
+    head's output d / c_logit(s):
+        r1 / 2 * E[ |grad_x d(x0 + s eps', s) / c_logit(s)|^2 ]
     It flattens d around the real samples, which a net that memorises its training images makes steep. It is not
     weighted by s^2: memorising happens at the smallest noise levels, where s^2 would switch it off."""
     s = sigma.view(-1, *([1] * (x_fake.dim() - 1)))
+    scale = torch.ones_like(sigma) if scale is None else scale
     d_fake = ratio(x_fake.detach() + s * draws.randn(*x_fake.shape[1:]), sigma, labels)
     x_real_s = (x_real + s * draws.randn(*x_real.shape[1:])).requires_grad_(r1 > 0)
     d_real = ratio(x_real_s, sigma, labels)
-    loss = logistic_loss(d_fake, d_real)
+    weight = 1 / scale if balanced else torch.ones_like(scale)
+    loss = (pair_losses(d_fake, d_real) * weight).sum() / weight.sum()
     out = {"d_fake": d_fake.detach(), "d_real": d_real.detach()}
     if r1 > 0:
         (grad,) = torch.autograd.grad(d_real.sum(), x_real_s, create_graph=True)
-        out["r1"] = grad.flatten(1).square().sum(dim=1).mean()
+        out["r1"] = (grad.flatten(1) / scale[:, None]).square().sum(dim=1).mean()
         loss = loss + 0.5 * r1 * out["r1"]
         out["r1"] = out["r1"].detach()
     return loss, out
 
 
+def pair_losses(d_fake: torch.Tensor, d_real: torch.Tensor) -> torch.Tensor:
+    """The balanced logistic loss of each pair of logits on a generated and a real sample."""
+    return F.softplus(-d_fake) + F.softplus(d_real)
+
+
 def logistic_loss(d_fake: torch.Tensor, d_real: torch.Tensor) -> torch.Tensor:
     """The balanced logistic loss of logits on paired generated and real samples (one of each per row)."""
-    return (F.softplus(-d_fake) + F.softplus(d_real)).mean()
+    return pair_losses(d_fake, d_real).mean()
 
 
 def generator_loss(ratio, x_gen: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
