@@ -267,6 +267,6 @@ and [a section](#quick-start).
 """
     assert sorted(broken_modules(page)) == ["pipeline.no_such_module", "stages.absent", "stages.missing"]
     assert sorted(broken_stages(page, dvc_stages(), stage_names())) == ["ghost", "no_such_stage", "nowhere"]
-    assert sorted(broken_params(page, params_tree())) == ["train.no_such_key", "train.nope", "train.auxiliary_noise.nope",
+    assert sorted(broken_params(page, params_tree())) == ["train.auxiliary_noise.nope", "train.no_such_key", "train.nope",
                                                           "train.seed.deeper"]
     assert broken_links(page, tmp_path) == ["missing.md#part", "grids/none.png"]
