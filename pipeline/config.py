@@ -99,7 +99,10 @@ class ReferenceParams(Section):
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     max_images: int | None = Field(ge=2)  # the offline nets learn from a seeded subset of this many (null: all)
-    max_features: int = Field(ge=2)  # training images whose features are the real set of KID, PRDC and copies
+    max_features: int = Field(ge=2)  # training images whose features are the real set of KID, PRDC and copies (and
+    # held-out images, at most, whose distances set the copy threshold)
+    stats_images: int | None = Field(ge=2)  # training images the reference statistics are taken over: null, the whole
+    # split (clean-fid's protocol); a seeded subset where the extractor is slow (Inception on a CPU)
 
 
 class EvaluationParams(Section):

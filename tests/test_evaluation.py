@@ -40,7 +40,8 @@ def reference_params(**changes) -> ReferenceParams:
     base = dict(inception="auto", inception_weights="cleanfid", inception_path=None, inception_mode="clean",
                 stats_path=None, stats_mode=None,
                 features="hybrid", classifier_dim=16,
-                autoencoder_dim=8, epochs=1, batch_size=64, lr=1e-3, max_images=None, max_features=1000)
+                autoencoder_dim=8, epochs=1, batch_size=64, lr=1e-3, max_images=None, max_features=1000,
+                stats_images=None)
     return ReferenceParams(**{**base, **changes})
 
 

@@ -154,16 +154,22 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
     weights = find_weights(p.inception_weights, p.inception_path) if inception else None
     if inception:
         extractors.append(inception_extractor(p.inception_weights, weights, runtime.device, p.inception_mode))
-    reference_rows = np.sort(randomness.rng("reference_features", params.seed).permutation(len(train_labels))[: p.max_features])
+    order = randomness.rng("reference_features", params.seed).permutation(len(train_labels))
+    reference_rows = np.sort(order[: p.max_features])
+    stats_rows = None if p.stats_images is None else np.sort(order[: p.stats_images])
+    held_rows = np.sort(randomness.rng("reference_features", params.seed, 1).permutation(
+        data.count(HOLDOUT))[: p.max_features])
     spaces, space_info = [], {}
     for extractor in extractors:
         progress(f"{extractor.name} features of the training split")
-        stats = given if given is not None and extractor.name == INCEPTION else split_statistics(extractor, data, e)
-        spaces.append(space_reference(extractor, stats, data, reference_rows, e))
+        stats = (given if given is not None and extractor.name == INCEPTION
+                 else split_statistics(extractor, data, e, stats_rows))
+        spaces.append(space_reference(extractor, stats, data, reference_rows, held_rows, e))
+        source = (f"training split ({len(train_labels)} images)" if stats_rows is None
+                  else f"a seeded subset of the training split ({len(stats_rows)} of {len(train_labels)} images)")
         space_info[extractor.name] = {
             "distance": extractor.distance, "copy_threshold": spaces[-1].ref.copy_threshold,
-            "num_real": len(reference_rows),
-            "stats_source": p.stats_path if stats is given else f"training split ({len(train_labels)} images)"}
+            "num_real": len(reference_rows), "stats_source": p.stats_path if stats is given else source}
         if extractor.name == INCEPTION:  # which network: the mode, and the weights file by its checksum
             space_info[INCEPTION].update(mode=extractor.mode, weights=p.inception_weights, sha256=sha256(weights))
 
@@ -224,12 +230,14 @@ def train_offline(params: Params, data: PreparedData, device: torch.device, prog
 
 
 def space_reference(extractor: Extractor, stats: tuple[np.ndarray, np.ndarray], data: PreparedData,
-                    reference_rows: np.ndarray, e: EvaluationParams) -> Space:
+                    reference_rows: np.ndarray, held_rows: np.ndarray, e: EvaluationParams) -> Space:
     """A space's reference: the statistics, the features of the reference rows of the training split, and the
-    copy threshold (the copy_quantile of the held-out images' distances to their nearest reference image)."""
+    copy threshold (the copy_quantile of the held-out images' distances to their nearest reference image, over
+    the held-out rows `held_rows`)."""
     real = np.concatenate([extractor.features(batch, e.batch_size)
                            for batch, _ in data.batches(TRAIN, e.batch_size, reference_rows)])
-    held = np.concatenate([extractor.features(batch, e.batch_size) for batch, _ in data.batches(HOLDOUT, e.batch_size)])
+    held = np.concatenate([extractor.features(batch, e.batch_size)
+                           for batch, _ in data.batches(HOLDOUT, e.batch_size, held_rows)])
     threshold = float(np.quantile(nearest_distances(held, real), e.copy_quantile))
     return Space(extractor, SpaceReference(stats[0], stats[1], real, threshold))
 
@@ -243,9 +251,10 @@ def offline_training_images(data: PreparedData, max_images: int | None, seed: in
     return next(data.batches(TRAIN, max_images, rows))
 
 
-def split_statistics(extractor: Extractor, data: PreparedData, e: EvaluationParams) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of the features of the training split, streamed one batch at a time."""
-    batches = (images for images, _ in data.batches(TRAIN, e.batch_size))
+def split_statistics(extractor: Extractor, data: PreparedData, e: EvaluationParams, rows: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of the features of the training split (or its `rows`), streamed one batch at a time."""
+    batches = (images for images, _ in data.batches(TRAIN, e.batch_size, rows))
     return extractor.feature_stats(batches, e.batch_size).mu_sigma()
 
 
