@@ -111,8 +111,8 @@ def queue(variants: list[str], seeds: list[int]) -> None:
             dvc("exp", "run", "--queue", "-n", experiment_name(variant, seed), *flags)
 
 
-def _walk(node, found: dict[str, dict]) -> None:
-    """Collect {experiment name: its data} from `dvc exp show --json`, whatever its nesting; experiments still
+def _walk(node, found: dict[str, str]) -> None:
+    """Collect {experiment name: its commit} from `dvc exp show --json`, whatever its nesting; experiments still
     queued or running (their data are the base commit's) are left out."""
     if isinstance(node, dict):
         executor = node.get("executor")
@@ -120,7 +120,7 @@ def _walk(node, found: dict[str, dict]) -> None:
             return
         name, data = node.get("name"), node.get("data")
         if isinstance(name, str) and name.startswith(PREFIX + "-") and isinstance(data, dict):
-            found[name] = data
+            found[name] = node.get("rev") or data.get("rev")
         for value in node.values():
             _walk(value, found)
     elif isinstance(node, list):
@@ -128,8 +128,11 @@ def _walk(node, found: dict[str, dict]) -> None:
             _walk(value, found)
 
 
-def _metrics(data: dict, file: str) -> dict | None:
-    return ((data.get("metrics") or {}).get(file) or {}).get("data")
+def _report(rev: str, file: str) -> dict | None:
+    """A report an experiment committed (metrics/<file>), read from its commit: the detailed reports are not DVC
+    metrics (metrics/summary.json is), but every experiment's commit holds them."""
+    shown = subprocess.run(["git", "show", f"{rev}:{file}"], capture_output=True, text=True, check=False)
+    return json.loads(shown.stdout) if shown.returncode == 0 else None
 
 
 def run_record(fid: dict, scale: dict | None, train: dict | None, verifier: dict | None = None) -> dict:
@@ -153,16 +156,16 @@ def run_record(fid: dict, scale: dict | None, train: dict | None, verifier: dict
 
 
 def collect(variants: list[str], seeds: list[int]) -> dict[str, dict]:
-    found: dict[str, dict] = {}
+    found: dict[str, str] = {}
     _walk(json.loads(dvc("exp", "show", "--json", "--all-commits")), found)  # queued from any commit
     runs: dict[str, dict[int, dict]] = {}
     for variant in variants:
         runs[variant] = {}
         for seed in seeds:
-            data = found.get(experiment_name(variant, seed))
-            fid = _metrics(data, "metrics/fid.json") if data else None
+            rev = found.get(experiment_name(variant, seed))
+            fid = _report(rev, "metrics/fid.json") if rev else None
             if fid and "primary" in fid:  # finished, with the metric suite
-                runs[variant][seed] = run_record(fid, *(_metrics(data, f"metrics/{name}.json")
+                runs[variant][seed] = run_record(fid, *(_report(rev, f"metrics/{name}.json")
                                                         for name in ("scale", "train", "verifier")))
     return runs
 
@@ -243,11 +246,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="metrics/claims", help="the report's path, without .json / .md")
     parser.add_argument("--base", choices=list(EVERY), default=BASE, help="the variant the others are paired with")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (compute.threads: auto then "
+                        "gives each its share of the cores)")
     args = parser.parse_args()
     try:
         if args.action == "run":
             queue(args.variants, args.seeds)
-            subprocess.run(["dvc", "exp", "run", "--run-all"], check=True)
+            subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", str(args.jobs)], check=True)
         report(args.variants, args.seeds, args.out, args.base)
     except (PipelineError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"error: {exc}") from None
