@@ -231,6 +231,13 @@ class TrainParams(LoopParams):
     # gradient agreement)
     diagnostic_every_images: int = Field(ge=1)  # the per-level diagnostics are taken at these intervals and at the end
 
+    @model_validator(mode="after")
+    def _generator_moves(self) -> TrainParams:
+        if self.auxiliary_warmup_images >= self.duration_images:
+            raise ValueError(f"auxiliary_warmup_images ({self.auxiliary_warmup_images}) must be below duration_images "
+                             f"({self.duration_images}): the generator would never move; lower it (0: no warm-up)")
+        return self
+
 
 class SampleParams(Section):
     """Every row draws evaluation.num_sets x evaluation.set_size samples."""

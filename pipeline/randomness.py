@@ -48,7 +48,8 @@ STREAMS: dict[str, tuple[int, ...]] = {
     "offline_batches": (20,),  # torch, per offline net: the order of its minibatches
     "kid_subsets": (21,),  # numpy's global generator, per scored set: KID's reference subsets
     "gradient_bias": (22,),  # torch: the analytic gradient-bias experiment, per seed
-    "stage2_diagnostics": (23,),  # the held-out images of stage 2's diagnostics; torch, per time: their draws
+    "stage2_diagnostics": (23,),  # torch, per time (images seen): the draws of stage 2's diagnostics
+    "stage2_diagnostic_images": (24,),  # the held-out images stage 2's diagnostics score
 }
 
 

@@ -69,11 +69,11 @@ def main(params: Params, runtime: Runtime) -> None:
     task, auxiliary_config = build_task(params, teacher, score_config, data, runtime)
     del teacher  # DiffRatio evaluates no teacher in stage 2 (vsd's task keeps its own reference)
     prepared = load_prepared("data/prepared")
-    held_out = rng("stage2_diagnostics", p.seed).permutation(prepared.count(HOLDOUT))[: p.diagnostic_samples]
+    held_out = rng("stage2_diagnostic_images", p.seed).permutation(prepared.count(HOLDOUT))[: p.diagnostic_samples]
     real, real_labels = split_in_model_space(encoder, prepared, HOLDOUT, np.sort(held_out), p.batch_size, device)
 
     def diagnose(images: int) -> list[dict]:
-        return task.diagnose(real, real_labels, seed_of("stage2_diagnostics", p.seed, images))
+        return task.diagnose(real, real_labels, images)
     generator, auxiliary = task.networks["generator"], task.networks[task.auxiliary]
     divergence = params.divergence if params.method == "diffratio" else "dikl"  # vsd: the reverse-KL gradient
     # vsd has no ratio net to penalise or augment for

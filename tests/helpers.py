@@ -51,7 +51,7 @@ def make_task(method, fail_at_step=None, runtime=CPU, **train_changes):
     score, config = score_net()
     train = PARAMS.train.model_copy(update={"batch_size": 8, "duration_images": 8 * 6, "log_every_images": 16,
                                             "checkpoint_every_images": 24, "diagnostic_samples": 4,
-                                            "diagnostic_levels": 2, **train_changes})
+                                            "diagnostic_levels": 2, "auxiliary_warmup_images": 0, **train_changes})
     generator = OneStepGenerator(copy.deepcopy(score), train.t_init).requires_grad_(True)
     torch.manual_seed(1)
     data = TrainingData(IdentityEncoder(), [{"x": torch.rand(32, 1, 8, 8) * 2 - 1}], torch.arange(32) % 10,
@@ -95,7 +95,7 @@ DISTRIBUTED_TINY = {"prepare": {"holdout": 200},
         "evaluation": {"set_size": 20, "num_sets": 2, "floor_sets": 2, "kid_subsets": 5},
         "pretrain": {"batch_size": 32, "duration_images": 96, "log_every_images": 32, "checkpoint_every_images": 1000},
         "train": {"batch_size": 16, "duration_images": 48, "log_every_images": 16, "checkpoint_every_images": 1000,
-                  "diagnostic_levels": 2, "diagnostic_samples": 8,
+                  "diagnostic_levels": 2, "diagnostic_samples": 8, "auxiliary_warmup_images": 16,
                   "ratio_r1": 0.1, "auxiliary_weight_decay": 0.5},  # R1's double backward and the decay under DDP too
         "sample": {"batch_size": 10, "nfe": 3},
         "verifier": {"validation_images": 60, "calibration_images": 60, "test_images": 60}}
@@ -106,6 +106,7 @@ def write_params(workdir, processes: int, batch_per_process: dict[str, int | Non
     for section, values in DISTRIBUTED_TINY.items():
         params[section].update(values)
     params["device"], params["compute"]["processes"] = "cpu", processes
+    params["compute"]["threads"] = 1  # one thread per process, whatever their number: the same sums in the same order
     for section, value in batch_per_process.items():
         params[section]["batch_per_process"] = value
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))

@@ -17,7 +17,7 @@ def test_diagnostics_in_chunks_equal_one_batch_and_bound_the_batch(method):
             net.register_forward_pre_hook(lambda m, args: largest.__setitem__(0, max(largest[0], len(args[0]))))
         torch.manual_seed(2)
         real, labels = torch.rand(10, 1, 8, 8) * 2 - 1, torch.arange(10) % 10
-        results.append(task.diagnose(real, labels, seed=3))
+        results.append(task.diagnose(real, labels, images=3))
         batches.append(largest[0])
         states.append(torch.get_rng_state())
         assert all(net.training for net in task.networks.values())  # the training mode is restored

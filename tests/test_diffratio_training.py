@@ -61,7 +61,7 @@ def test_interrupted_training_resumes_bit_exactly(tmp_path, method):
             assert torch.equal(value, expected[key]), f"{kind}/{name}/{key}"
     columns = {"diffratio": {"auc", "d_real", "d_fake", "h_p05", "h_p95"}, "vsd": {"fake_score_loss"}}[method]
     real, labels = torch.rand(4, 1, 8, 8) * 2 - 1, torch.arange(4)
-    rows = resumed.diagnose(real, labels, seed=0)
+    rows = resumed.diagnose(real, labels, images=0)
     assert set(rows[0]) >= {"sigma", "update_norm", "update_share", "gradient_agreement", *columns}
     assert rows[-1]["sigma"] == 0 and -1 <= rows[-1]["gradient_agreement"] <= 1  # at the training distribution
     assert sum(r["update_share"] for r in rows[:-1]) == pytest.approx(1)

@@ -92,7 +92,8 @@ def test_counts_are_affine_in_the_batch_and_the_check_can_fail():
 @pytest.mark.parametrize("method", ["diffratio", "vsd"])
 def test_state_matches_parameter_counts_and_a_real_adam_step(method):
     params = ledger.settings(ROOT / "params.yaml", 2)
-    params = params.model_copy(update={"train": params.train.model_copy(update={"ratio_r1": 0.0})})
+    params = params.model_copy(update={"train": params.train.model_copy(update={"ratio_r1": 0.0,
+                                                                                "auxiliary_warmup_images": 0})})
     fake, _ = ledger.build(params, EDM2, method, CPU_DEVICE)
     counted = ledger.method_ledger(fake, [2], CPU_DEVICE, False)[2]
 

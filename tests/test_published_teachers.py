@@ -28,7 +28,7 @@ PARAMS = load_params(ROOT / "params.yaml")
 
 def tiny_stage2(params, method):
     steps = {"batch_size": 2, "duration_images": 4, "log_every_images": 2, "checkpoint_every_images": 4,
-             "diagnostic_samples": 2, "diagnostic_levels": 2}
+             "diagnostic_samples": 2, "diagnostic_levels": 2, "auxiliary_warmup_images": 0}
     return params.model_copy(update={"method": method, "train": params.train.model_copy(update=steps)})
 
 
@@ -105,7 +105,7 @@ def test_stages_run_from_a_published_teacher(name, workdir, tiny_vae_dir):
         "reference": {"epochs": 2, "features": "hybrid" if conditional else "autoencoder"},
         "evaluation": {"set_size": 20, "num_sets": 2, "floor_sets": 2, "kid_subsets": 5, "batch_size": 100},
         "train": {"batch_size": 4, "duration_images": 8, "log_every_images": 4, "checkpoint_every_images": 8,
-                  "diagnostic_samples": 4, "diagnostic_levels": 2},
+                  "diagnostic_samples": 4, "diagnostic_levels": 2, "auxiliary_warmup_images": 0},
         "sample": {"nfe": 3, "batch_size": 20},
         "verifier": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "validation_images": 20,
                      "calibration_images": 20, "test_images": 20},

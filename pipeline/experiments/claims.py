@@ -84,6 +84,10 @@ ABLATION = {
     "augment": {"train.ratio_augment.p": 0.25},
     "augment_xflip": {"train.ratio_augment.p": 0.25, "train.ratio_augment.xflip": True},
     "r1_strong_augment": R1_STRONG_AUGMENT,
+    # The critic's redesign (docs/critic.md), against the default critic: no warm-up before the generator moves,
+    # and the spatial head with the inverse-sigma logit scale.
+    "no_warmup": {"train.auxiliary_warmup_images": 0},
+    "spatial_inverse_sigma": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma"},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise

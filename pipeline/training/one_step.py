@@ -19,7 +19,7 @@ from pipeline.config import TrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.noise_levels import density, sample_noise_levels
-from pipeline.randomness import Draws
+from pipeline.randomness import Draws, seed_torch
 from pipeline.runtime import Runtime
 from pipeline.training.task import TrainingTask, adam
 
@@ -82,8 +82,10 @@ class OneStepTraining(TrainingTask, ABC):
             s = (sample_noise_levels(draws, self.p.generator_noise) if sigma is None
                  else torch.full((draws.n,), sigma, device=self.data.device))
             loss, _ = self.generator_loss(self.generate(labels, draws), s, labels, draws)
-            for acc, g in zip(total, torch.autograd.grad(loss * (draws.n / n), params)):
-                acc += g
+            # allow_unused: a published architecture may hold parameters the one-step generator never uses
+            for acc, g in zip(total, torch.autograd.grad(loss * (draws.n / n), params, allow_unused=True)):
+                if g is not None:
+                    acc += g
         return torch.cat([g.flatten() for g in total])
 
     def gradient_agreement(self, n: int, sigma: float | None) -> float:
@@ -92,12 +94,12 @@ class OneStepTraining(TrainingTask, ABC):
         a, b = self._generator_gradient(n, sigma), self._generator_gradient(n, sigma)
         return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
 
-    def diagnose(self, real: torch.Tensor, labels: torch.Tensor, seed: int) -> list[dict]:
+    def diagnose(self, real: torch.Tensor, labels: torch.Tensor, images: int) -> list[dict]:
         """Per-level figures at log-spaced noise levels over the auxiliary net's training range (summarise_level,
         each level's share of the generator's update, the agreement of two batches' generator gradients), and a
         row at the generator's training distribution (sigma 0 in the table). `real`, `labels`: held-out images in
         model space, diagnostic_samples of them. Run in chunks of a training pass's rows (the memory of one pass),
-        from torch's generator forked and seeded with `seed`, so training draws the same numbers with or without
+        from torch's generator forked and seeded by `images` (the images seen so far), so training draws the same numbers with or without
         diagnostics. Dropout is off (eval mode)."""
         p, n = self.p, len(real)
         chunk = self.passes[0].stop - self.passes[0].start
@@ -108,7 +110,7 @@ class OneStepTraining(TrainingTask, ABC):
             net.eval()
         rows, levels = [], np.geomspace(p.auxiliary_noise.sigma_min, p.auxiliary_noise.sigma_max, p.diagnostic_levels)
         with torch.random.fork_rng(devices=[self.data.device] if self.data.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+            seed_torch("stage2_diagnostics", self.p.seed, images)
             for level in levels:
                 draws, values = Draws(n, self.data.device), {}
                 for start in range(0, n, chunk):
