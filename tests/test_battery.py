@@ -53,6 +53,7 @@ def scored(tmp_path_factory, request):
     return result, reference.info["primary"]
 
 
+@pytest.mark.slow
 def test_every_metric_moves_the_expected_way(scored):
     result, space = scored
     checks = result["checks"][space]
@@ -62,6 +63,7 @@ def test_every_metric_moves_the_expected_way(scored):
     assert not failed
 
 
+@pytest.mark.slow
 def test_every_degraded_set_is_told_apart_from_the_floor(scored):
     result, space = scored
     checks = result["checks"][space]

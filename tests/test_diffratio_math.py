@@ -117,6 +117,7 @@ def test_h_is_r_squared_times_f_second_derivative():
         torch.testing.assert_close(h, r.detach() ** 2 * d2f, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head, scale", [("spatial", "inverse_sigma"), ("pooled", "none")])
 def test_ratio_net_trained_on_two_gaussians_recovers_the_log_ratio_gradient(head, scale):
     """The pipeline's ratio net, trained with the pipeline's ratio loss on 2x2 'images' whose pixels are

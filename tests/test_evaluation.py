@@ -217,6 +217,7 @@ def test_reference_stage_refuses_an_impossible_floor_before_training(prepared_wo
         reference_stage.main(parse_params(prepared_workdir), RUNTIME)
 
 
+@pytest.mark.slow
 def test_reference_stage_with_given_statistics(prepared_workdir, tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     mu, sigma = rng.normal(size=16), np.eye(16) * 2

@@ -132,6 +132,7 @@ def test_cuda_attention_and_autocast_as_on_a_gpu():
         assert conv(x).dtype == torch.float32
 
 
+@pytest.mark.slow
 def test_default_configuration_gives_a_positive_ratio_with_r1_counted():
     result = ledger.configuration_ledger("default", [1, 2])
     for batch in ("1", "2"):

@@ -32,6 +32,7 @@ def tiny_stage2(params, method):
     return params.model_copy(update={"method": method, "train": params.train.model_copy(update=steps)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", GOLDENS)
 def test_stage2_from_a_converted_golden_teacher(name, tmp_path):
     net, config = convert_checkpoint(golden_dir() / f"{name}.pkl")
