@@ -27,7 +27,7 @@ from pipeline.generation.images import save_grid
 from pipeline.generation.scaling import scaled_generate
 from pipeline.generation.verifier import Verifier, load_verifier
 from pipeline.networks.generator import load_generator
-from pipeline.networks.ratio_net import load_ratio_net
+from pipeline.networks.ratio_net import has_ratio_net, load_ratio_net
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 
@@ -45,7 +45,7 @@ def main(params: Params, runtime: Runtime) -> None:
     generator, config = load_generator("data/train/generator", device)
     config = config["denoiser"]
     counts, log_weight, verifier, described = [1], None, None, None
-    if params.method == "diffratio":
+    if has_ratio_net("data/train/ratio"):
         if p.verifier == "fitted":
             verifier = load_verifier("data/verifier", device)
         else:
@@ -53,7 +53,7 @@ def main(params: Params, runtime: Runtime) -> None:
         counts, log_weight = p.num_candidates, verifier.log_weight  # log w: the estimate of log p / q
         described = f"{p.verifier} ratio net at sigma {verifier.sigma}"
     else:
-        console.print(f"[yellow]method {params.method} trains no ratio net: scale reports N = 1 only")
+        console.print(f"[yellow]stage 2 trained no ratio net (method {params.method}): scale reports N = 1 only")
     shape = (config["channels"], config["resolution"], config["resolution"])
 
     def score(images: np.ndarray, labels: np.ndarray) -> list[dict]:

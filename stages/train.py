@@ -55,9 +55,9 @@ def over_training(rows: list[dict]) -> list[dict]:
     return table
 
 
-def run_fingerprint(params: Params, divergence: str, score_config: dict, data_config: dict) -> str:
-    return fingerprint(params.method, divergence, params.train.model_dump(), score_config, data_config,
-                       compute=params.compute)
+def run_fingerprint(params: Params, trained_with: dict, score_config: dict, data_config: dict) -> str:
+    return fingerprint(params.method, trained_with["divergence"], params.train.model_dump(), score_config,
+                       data_config, compute=params.compute)
 
 
 def main(params: Params, runtime: Runtime) -> None:
@@ -75,12 +75,11 @@ def main(params: Params, runtime: Runtime) -> None:
     def diagnose(images: int) -> list[dict]:
         return task.diagnose(real, real_labels, images)
     generator, auxiliary = task.networks["generator"], task.networks[task.auxiliary]
-    divergence = params.divergence if params.method == "diffratio" else "dikl"  # vsd: the reverse-KL gradient
-    # vsd has no ratio net to penalise or augment for
-    r1, augment_p = (p.ratio_r1, p.ratio_augment.p) if params.method == "diffratio" else (0.0, 0.0)
+    trained_with = task.trained_with()
+    divergence = trained_with["divergence"]
     counts = {"generator_parameters": count_parameters(generator),
               "auxiliary_parameters": count_parameters(auxiliary)}
-    run_id = run_fingerprint(params, divergence, score_config, encoder.config)
+    run_id = run_fingerprint(params, trained_with, score_config, encoder.config)
     memory = PeakMemory(device)
     started = time.perf_counter()
 
@@ -100,7 +99,7 @@ def main(params: Params, runtime: Runtime) -> None:
         write_csv(OVER_TRAINING, over_training(levels))
         last = state.curves[-1]
         write_json(METRICS, {
-            "method": params.method, "divergence": divergence, "ratio_r1": r1, "ratio_augment_p": augment_p,
+            "method": params.method, **trained_with,
             "init": p.init, "seed": p.seed,
             "auxiliary": task.auxiliary, **counts,
             "auxiliary_over_generator_parameters": counts["auxiliary_parameters"] / counts["generator_parameters"],

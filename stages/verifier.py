@@ -19,18 +19,19 @@ from pipeline.datasets.prepared import HOLDOUT, TRAIN, load_prepared
 from pipeline.datasets.training_data import TrainingData
 from pipeline.generation.verifier import PARTS, fit_verifier, held_out_parts, noisy_pairs, save_verifier
 from pipeline.networks.generator import load_generator
-from pipeline.networks.ratio_net import load_ratio_net
+from pipeline.networks.ratio_net import has_ratio_net, load_ratio_net
 from pipeline.randomness import rng, seed_of, seed_torch
 from pipeline.runtime import Runtime
 from pipeline.stage import console, run_stage
 
 OUT, METRICS, CURVE = "data/verifier", "metrics/verifier.json", "metrics/verifier_curve.csv"
+RATIO = "data/train/ratio"  # stage 2's ratio net, where its method trains one
 
 
 def main(params: Params, runtime: Runtime) -> None:
     p = params.verifier
-    if params.method != "diffratio":
-        reason = f"method {params.method} trains no ratio net"
+    if not has_ratio_net(RATIO):
+        reason = f"stage 2 trained no ratio net (method {params.method})"
         console.print(f"[yellow]{reason}: no verifier")
         with atomic_path(OUT) as tmp:
             tmp.mkdir()
@@ -44,7 +45,7 @@ def main(params: Params, runtime: Runtime) -> None:
     data = TrainingData(encoder, shards, labels, device)
     prepared = load_prepared("data/prepared")
     generator, _ = load_generator("data/train/generator", device)
-    ratio, ratio_config = load_ratio_net("data/train/ratio", device)
+    ratio, ratio_config = load_ratio_net(RATIO, device)
     conditional = ratio_config["score"]["num_classes"] > 0
 
     def conditioning(labels: torch.Tensor) -> torch.Tensor | None:

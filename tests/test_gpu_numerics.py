@@ -29,7 +29,7 @@ def test_numerics_are_in_the_checkpoint_fingerprint_and_processes_are_not(tmp_pa
     two = PARAMS.model_copy(update={"compute": PARAMS.compute.model_copy(update={"processes": 2})})
     _, config = score_net()
     data = {"resolution": 8}
-    ids = {name: (stages.train.run_fingerprint(params, "dijs", config, data),
+    ids = {name: (stages.train.run_fingerprint(params, {"divergence": "dijs"}, config, data),
                   stages.pretrain.run_fingerprint(params, data)) for name, params in
            (("fp32", PARAMS), ("bf16", bf16), ("two", two))}
     assert ids["fp32"] == ids["two"]

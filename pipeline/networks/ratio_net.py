@@ -141,5 +141,10 @@ def init_from_score(ratio: RatioNet, score: nn.Module) -> RatioNet:
     return ratio
 
 
+def has_ratio_net(path: str | Path) -> bool:
+    """Whether stage 2 left a ratio net at `path` (DiffRatio does; the vsd baseline leaves a fake score net)."""
+    return Path(path).with_suffix(".safetensors").exists()
+
+
 def load_ratio_net(path: str | Path, device: torch.device) -> tuple[RatioNet, dict]:
     return load_module(path, build_ratio_net, device, "train")

@@ -37,6 +37,10 @@ class DiffRatioTraining(OneStepTraining):
         self.divergence = divergence
         super().__init__(generator, ratio, data, p, conditional, runtime)
 
+    def trained_with(self) -> dict:
+        return {"divergence": self.divergence.name, "ratio_r1": self.p.ratio_r1,
+                "ratio_augment_p": self.p.ratio_augment.p}
+
     def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_real, labels = self.batch(draws)
         with torch.no_grad():

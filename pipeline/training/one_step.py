@@ -27,6 +27,11 @@ from pipeline.training.task import TrainingTask, adam
 class OneStepTraining(TrainingTask, ABC):
     auxiliary: str  # the name of the auxiliary network in `networks`, checkpoints and artifacts
 
+    @abstractmethod
+    def trained_with(self) -> dict:
+        """What shapes this task's generator gradient, for the reports: the divergence whose gradient it
+        follows, and the ratio net's R1 weight and augmentation (0 where it has no ratio net)."""
+
     def __init__(self, generator: OneStepGenerator, auxiliary: nn.Module, data: TrainingData, p: TrainParams,
                  conditional: bool, runtime: Runtime):
         self.data, self.p, self.conditional = data, p, conditional

@@ -46,6 +46,9 @@ class VSDTraining(OneStepTraining):
         super().__init__(generator, fake, data, p, conditional, runtime)
         self.teacher = teacher.eval().requires_grad_(False)
 
+    def trained_with(self) -> dict:
+        return {"divergence": "dikl", "ratio_r1": 0.0, "ratio_augment_p": 0.0}  # the reverse-KL gradient; no ratio net
+
     def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, labels = self.batch(draws)
         with torch.no_grad():
