@@ -84,9 +84,9 @@ ABLATION = {
     "augment": {"train.ratio_augment.p": 0.25},
     "augment_xflip": {"train.ratio_augment.p": 0.25, "train.ratio_augment.xflip": True},
     "r1_strong_augment": R1_STRONG_AUGMENT,
-    # The critic's redesign (docs/critic.md), against the default critic: no warm-up before the generator moves,
-    # and the spatial head with the inverse-sigma logit scale.
-    "no_warmup": {"train.auxiliary_warmup_images": 0},
+    # The critic's redesign (docs/critic.md), against the default critic: a warm-up of the ratio net before the
+    # generator moves, and the spatial head with the inverse-sigma logit scale.
+    "warmup": {"train.auxiliary_warmup_images": 3200},
     "spatial_inverse_sigma": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma"},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
