@@ -104,8 +104,8 @@ class OneStepTraining(TrainingTask, ABC):
         each level's share of the generator's update, the agreement of two batches' generator gradients), and a
         row at the generator's training distribution (sigma 0 in the table). `real`, `labels`: held-out images in
         model space, diagnostic_samples of them. Run in chunks of a training pass's rows (the memory of one pass),
-        from torch's generator forked and seeded by `images` (the images seen so far), so training draws the same
-        numbers with or without diagnostics. Dropout is off (eval mode)."""
+        from torch's generator forked and seeded by `images` (the images seen so far), so training draws the same numbers with or without
+        diagnostics. Dropout is off (eval mode)."""
         p, n = self.p, len(real)
         chunk = self.passes[0].stop - self.passes[0].start
         labels = labels if self.conditional else None
