@@ -1,3 +1,4 @@
+import os
 import shutil
 from pathlib import Path
 
@@ -5,7 +6,22 @@ import pytest
 import torch
 import yaml
 
+from pipeline.runtime import set_threads
 from tests.helpers import ROOT
+
+
+def pytest_configure(config):
+    """Under `pytest -n` (pytest-xdist), each worker gets its own share of the cores, pinned: torch and the
+    stages it starts (whose `threads: auto` reads the pinned set) then use those cores only, as two torch
+    processes that each use every core slow each other far more than their share."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    if worker is None or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    mine = set(cores[int(worker.removeprefix("gw")) % len(cores)::max(1, workers)] or cores)
+    os.sched_setaffinity(0, mine)
+    set_threads(len(mine))
 
 
 @pytest.fixture
