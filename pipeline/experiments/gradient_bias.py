@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from pipeline.config import GradientBiasParams
 from pipeline.networks.preconditioning import Denoiser, denoising_loss, edm_coefficients
+from pipeline.networks.ratio_net import logit_scale
 from pipeline.noise_levels import sample_noise_levels
 from pipeline.randomness import Draws, seed_torch
 from pipeline.training.divergences import DIVERGENCES
@@ -74,9 +75,12 @@ class DiagonalGaussianGenerator(nn.Module):
         return (-0.5 * (x.flatten(1) - self.mu.detach()) ** 2 / var - 0.5 * torch.log(2 * math.pi * var)).sum(1)
 
 
-def mlp(inputs: int, outputs: int, width: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inputs, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
-                         nn.Linear(width, width), nn.SiLU(), nn.Linear(width, outputs))
+def mlp(inputs: int, outputs: int, width: int, depth: int = 3) -> nn.Sequential:
+    """`depth` hidden layers of `width` SiLU units."""
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [nn.Linear(inputs if i == 0 else width, width), nn.SiLU()]
+    return nn.Sequential(*layers, nn.Linear(width, outputs))
 
 
 def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
@@ -88,26 +92,28 @@ def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
 class MLPBackbone(nn.Module):
     """F(c_in x; c_noise) for EDM's Denoiser wrapper."""
 
-    def __init__(self, dim: int, width: int):
+    def __init__(self, dim: int, width: int, depth: int = 3):
         super().__init__()
-        self.net = mlp(dim + 9, dim, width)
+        self.net = mlp(dim + 9, dim, width, depth)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels=None) -> torch.Tensor:
         return self.net(torch.cat([x.flatten(1), noise_features(c_noise)], 1)).view_as(x)
 
 
 class MLPRatio(nn.Module):
-    """d(x, s): the logit of an MLP on EDM-scaled input, head initialised at zero like the pipeline's."""
+    """d(x, s): the logit of an MLP on EDM-scaled input, head initialised at zero like the pipeline's, times the
+    pipeline's logit scale c_logit(s) (networks/ratio_net.py; `none`: 1)."""
 
-    def __init__(self, dim: int, width: int, sigma_data: float):
+    def __init__(self, dim: int, width: int, sigma_data: float, depth: int = 3, scale: str = "none"):
         super().__init__()
-        self.net, self.sigma_data = mlp(dim + 9, 1, width), sigma_data
+        self.net, self.sigma_data, self.scale = mlp(dim + 9, 1, width, depth), sigma_data, scale
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, labels=None) -> torch.Tensor:
         _, _, c_in, c_noise = edm_coefficients(sigma.view(-1, 1), self.sigma_data)
-        return self.net(torch.cat([c_in * x.flatten(1), noise_features(c_noise.flatten())], 1)).squeeze(1)
+        head = self.net(torch.cat([c_in * x.flatten(1), noise_features(c_noise.flatten())], 1)).squeeze(1)
+        return logit_scale(sigma, self.sigma_data, self.scale) * head
 
 
 def surrogate_gradient(loss: torch.Tensor, generator: nn.Module, retain_graph: bool = False) -> torch.Tensor:
