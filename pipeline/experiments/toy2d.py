@@ -43,6 +43,7 @@ from pipeline.randomness import Draws, seed_torch
 from pipeline.training.ratio_losses import ratio_loss
 
 METHODS = ("ratio", "ratio_inv_var", "dsm")
+SIGMA_RANGE = (0.05, 2.0)  # s ~ LogUniform on it, for training and evaluation alike
 
 
 def support(jitter: float) -> torch.Tensor:
@@ -90,7 +91,7 @@ def errors(estimate: torch.Tensor, truth: torch.Tensor, point: torch.Tensor, poi
 
 def run(seed: int, budgets: list[int], batch_size: int, width: int, depth: int, lr: float, eval_samples: int,
         jitter: float = 0.2, shift: tuple[float, float] = (0.4, 0.0), perturb: float = 0.2,
-        sigma_range: tuple[float, float] = (0.05, 2.0)) -> dict:
+        sigma_range: tuple[float, float] = SIGMA_RANGE) -> dict:
     """One seed: the three estimators trained to the largest budget and scored on one shared draw after each."""
     seed_torch("toy2d", seed)
     x = support(jitter)
@@ -219,8 +220,8 @@ def main() -> None:
         write_report(args.out, parts[0]["config"], rows)
         return
     config = {"budgets": sorted(args.budgets), "batch_size": args.batch_size, "width": args.width,
-              "depth": args.depth, "lr": args.lr, "eval_samples": args.eval_samples, "sigma_min": 0.05,
-              "sigma_max": 2.0}
+              "depth": args.depth, "lr": args.lr, "eval_samples": args.eval_samples, "sigma_min": SIGMA_RANGE[0],
+              "sigma_max": SIGMA_RANGE[1]}
     rows = []
     for seed in args.seeds:
         rows.append(run(seed, args.budgets, args.batch_size, args.width, args.depth, args.lr, args.eval_samples))
