@@ -40,3 +40,17 @@ def test_differences_are_resolved_only_beyond_their_spread_over_seeds():
     row = next(line for line in lone.splitlines() if line.startswith("| vsd vs diffratio"))
     header = next(line for line in lone.splitlines() if line.startswith("| variant | fd_ratio"))
     assert row.count("|") == header.count("|") and "-" in row
+
+
+def test_the_critic_is_read_where_the_generator_takes_its_update():
+    header = "images,sigma,auc,h_p05,h_mean,h_p95,update_share\n"
+    rows = ("100,0.01,0.9,0.1,0.2,0.3,0.0\n"  # separates well, but takes none of the update
+            "100,0.5,0.6,0.24,0.25,0.26,0.75\n"
+            "100,2.0,0.5,0.2,0.25,0.3,0.25\n")
+    over_training = "images,gradient_agreement_training\n50,0.4\n100,0.8\n"
+    found = claims.critic_where_updated(header + rows, over_training)
+    assert found["auc_at_update"] == pytest.approx(0.75 * 0.6 + 0.25 * 0.5)
+    assert found["h_spread_at_update"] == pytest.approx(0.75 * 0.08 + 0.25 * 0.4)
+    assert found["gradient_agreement"] == 0.8  # at the end of training
+    assert "gradient_agreement" not in claims.critic_where_updated(header + rows)
+    assert claims.critic_where_updated(header + "100,0.5,0.6,0.2,0.25,0.3,0.0\n") == {}  # no update anywhere

@@ -21,6 +21,8 @@ from HEAD.
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import subprocess
 from pathlib import Path
@@ -132,11 +134,39 @@ def _walk(node, found: dict[str, str]) -> None:
             _walk(value, found)
 
 
-def _report(rev: str, file: str) -> dict | None:
-    """A report an experiment committed (metrics/<file>), read from its commit: the detailed reports are not DVC
-    metrics (metrics/summary.json is), but every experiment's commit holds them."""
+def _committed(rev: str, file: str) -> str | None:
+    """A file an experiment committed, read from its commit: the detailed reports are not DVC metrics
+    (metrics/summary.json is), but every experiment's commit holds them."""
     shown = subprocess.run(["git", "show", f"{rev}:{file}"], capture_output=True, text=True, check=False)
-    return json.loads(shown.stdout) if shown.returncode == 0 else None
+    return shown.stdout if shown.returncode == 0 else None
+
+
+def _report(rev: str, file: str) -> dict | None:
+    text = _committed(rev, file)
+    return json.loads(text) if text is not None else None
+
+
+def critic_where_updated(noise_levels_csv: str, over_training_csv: str | None = None) -> dict:
+    """The critic as stage 2 left it, where the generator takes its update (metrics/train_noise_levels.csv): the
+    ratio net's AUC and the spread of the divergence's weight h over samples, (h_p95 - h_p05) / h_mean, each
+    averaged over the noise ladder with the levels' shares of the update as weights; and, from the last row of
+    metrics/train_noise_levels_over_training.csv, the agreement of two batches' generator gradients at the
+    training distribution. A flat h (spread near 0) means every divergence gives the same update."""
+    levels = list(csv.DictReader(io.StringIO(noise_levels_csv)))
+    shares = [float(r["update_share"]) for r in levels]
+    if not levels or sum(shares) <= 0:
+        return {}
+
+    def weighted(values: list[float]) -> float:
+        return sum(w * v for w, v in zip(shares, values)) / sum(shares)
+
+    out = {"auc_at_update": weighted([float(r["auc"]) for r in levels]),
+           "h_spread_at_update": weighted([(float(r["h_p95"]) - float(r["h_p05"])) / float(r["h_mean"])
+                                           for r in levels])}
+    over_training = list(csv.DictReader(io.StringIO(over_training_csv or "")))
+    if over_training:
+        out["gradient_agreement"] = float(over_training[-1]["gradient_agreement_training"])
+    return out
 
 
 def run_record(fid: dict, scale: dict | None, train: dict | None, verifier: dict | None = None) -> dict:
@@ -171,6 +201,10 @@ def collect(variants: list[str], seeds: list[int]) -> dict[str, dict]:
             if fid and "primary" in fid:  # finished, with the metric suite
                 runs[variant][seed] = run_record(fid, *(_report(rev, f"metrics/{name}.json")
                                                         for name in ("scale", "train", "verifier")))
+                levels = _committed(rev, "metrics/train_noise_levels.csv")
+                if levels:
+                    runs[variant][seed].update(critic_where_updated(
+                        levels, _committed(rev, "metrics/train_noise_levels_over_training.csv")))
     return runs
 
 
@@ -212,7 +246,7 @@ def tables(runs: dict[str, dict[int, dict]], summaries: dict, comparisons: dict,
         return f"{stats['mean']:{fmt}} ± {stats['sd']:{fmt}}" if stats["sd"] is not None else f"{stats['mean']:{fmt}}"
 
     columns = (*SUITE, "class_consistency", "fd_over_teacher", "fd_n8_over_uniform", "ratio_auc",
-               "memorisation_auc", "seconds_per_step")
+               "memorisation_auc", "auc_at_update", "h_spread_at_update", "gradient_agreement", "seconds_per_step")
     lines = ["Mean ± sd over stage-2 seeds (each seed's value is the mean over its evaluation sets).", "",
              "| variant | seeds | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for variant, summary in summaries.items():
