@@ -10,8 +10,8 @@ Two choices, both in its config (train.ratio_net), shape what it can represent:
 - The head. `spatial`: a small trained head applied at every location of the feature map (a 1x1
   convolution, SiLU, a 1x1 convolution to one logit, as SiDA's discriminator reads per-location logits), the
   logits averaged over locations, so that a local feature can carry the evidence without being averaged away
-  first. `pooled` (params.yaml's): the first design, one linear map of the globally averaged features. Class-conditional nets add
-  a projection term <embed(c), h> (per location for `spatial`).
+  first. `pooled` (params.yaml's): the first design, one linear map of the globally averaged features.
+  Class-conditional nets add a projection term <embed(c), h> (per location for `spatial`).
 - The logit's scale across noise levels. The optimal logit's x-gradient is the score difference
   (D_q(x; s) - D_p(x; s)) / s^2, which grows like 1/s^2 as s falls when data lie near a low-dimensional set (and,
   at large s, falls like 1/s^2). The encoder sees c_in x with c_in ~ 1/sd at small s and ~1/s at large s, and
