@@ -90,6 +90,10 @@ ABLATION = {
     # generator moves, and the spatial head with the inverse-sigma logit scale.
     "warmup": {"train.auxiliary_warmup_images": 3200},
     "spatial_inverse_sigma": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma"},
+    # the same with each level's ratio loss weighted by 1 / c_logit(s), so that the small levels, whose logit the
+    # scale multiplies most, do not take most of the head's learning
+    "spatial_inverse_sigma_balanced": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma",
+                                       "train.ratio_level_weighting": "balanced"},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
