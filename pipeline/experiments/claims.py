@@ -92,7 +92,8 @@ ABLATION = {
     "spatial_inverse_sigma": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma"},
     # the same with each level's ratio loss weighted by 1 / c_logit(s), so that the small levels, whose logit the
     # scale multiplies most, do not take most of the head's learning
-    "spatial_inverse_sigma_balanced": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma",
+    "spatial_inverse_sigma_balanced": {"train.ratio_net.head": "spatial",
+                                       "train.ratio_net.logit_scale": "inverse_sigma",
                                        "train.ratio_level_weighting": "balanced"},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
