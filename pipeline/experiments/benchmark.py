@@ -69,7 +69,8 @@ from pipeline.training.measure import PeakMemory, StepTimer, synchronize
 from pipeline.training.methods import build_task
 
 METRICS = "metrics/bench.json"
-PRESET_SPACE = {"cifar10": (32, 3, 0), "imagenet64": (64, 3, 1000), "imagenet512": (64, 4, 1000)}  # res, ch, classes
+PRESET_SPACE = {"cifar10": (32, 3, 0), "imagenet64": (64, 3, 1000), "imagenet512": (64, 4, 1000),  # res, ch, classes
+                "fashion": (28, 1, 10), "fashion_gpu": (28, 1, 10), "photos": (16, 3, 2)}
 # dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name substring, first match
 BF16_PEAK = (("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
 VAE_ARCHITECTURE = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,
