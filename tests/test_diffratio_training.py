@@ -2,11 +2,15 @@
 bit-exact resume."""
 
 import copy
+import gc
+import weakref
 
 import pytest
 import torch
 
 from pipeline.artifacts import save_weights
+from pipeline.datasets.encoders import IdentityEncoder
+from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.models import build_denoiser, denoiser_config
 from pipeline.networks.ratio_net import (
     build_ratio_net,
@@ -16,6 +20,7 @@ from pipeline.networks.ratio_net import (
 )
 from pipeline.networks.unet import count_parameters
 from pipeline.training.loop import run_training
+from pipeline.training.methods import build_task
 from tests.helpers import CPU, PARAMS, Interrupted, make_task, score_net
 
 
@@ -99,3 +104,18 @@ def test_the_generator_waits_for_the_warm_up():
     assert not all(torch.equal(v, ratio_start[k]) for k, v in task.networks["ratio"].state_dict().items())
     assert "grad_norm" in task.step(16)
     assert not all(torch.equal(v, start[k]) for k, v in task.networks["generator"].state_dict().items())
+
+
+def test_diffratio_task_keeps_no_reference_to_the_teacher():
+    """Stage 2 frees the teacher once the task is built (stages/train.py): DiffRatio's task must not hold it, or
+    its weights stay in memory for the whole run (docs/memory.md); VSD's task evaluates it, so it keeps it."""
+    data = TrainingData(IdentityEncoder(), [{"x": torch.rand(8, 1, 8, 8) * 2 - 1}], torch.arange(8) % 10, CPU.device)
+    for method, kept in (("diffratio", False), ("vsd", True)):
+        teacher, config = score_net()
+        params = PARAMS.model_copy(update={"method": method})
+        task, _ = build_task(params, teacher.requires_grad_(False), config, data, CPU)
+        alive = weakref.ref(teacher)
+        del teacher
+        gc.collect()
+        assert (alive() is not None) == kept, method
+        del task
