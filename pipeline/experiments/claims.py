@@ -86,15 +86,14 @@ ABLATION = {
     "augment": {"train.ratio_augment.p": 0.25},
     "augment_xflip": {"train.ratio_augment.p": 0.25, "train.ratio_augment.xflip": True},
     "r1_strong_augment": R1_STRONG_AUGMENT,
-    # The critic's redesign (docs/critic.md), against the default critic: a warm-up of the ratio net before the
-    # generator moves, and the spatial head with the inverse-sigma logit scale.
+    # The critic's redesign (docs/critic.md), against today's critic (the spatial head, the inverse-sigma logit scale
+    # and the balanced level weighting, the default since docs/critic.md's held-out seeds): a warm-up of the ratio
+    # net before the generator moves; the same head and scale without the balanced weighting; the first design.
     "warmup": {"train.auxiliary_warmup_images": 3200},
-    "spatial_inverse_sigma": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma"},
-    # the same with each level's ratio loss weighted by 1 / c_logit(s), so that the small levels, whose logit the
-    # scale multiplies most, do not take most of the head's learning
-    "spatial_inverse_sigma_balanced": {"train.ratio_net.head": "spatial",
-                                       "train.ratio_net.logit_scale": "inverse_sigma",
-                                       "train.ratio_level_weighting": "balanced"},
+    "spatial_inverse_sigma": {"train.ratio_net.head": "spatial", "train.ratio_net.logit_scale": "inverse_sigma",
+                              "train.ratio_level_weighting": "none"},
+    "first_critic": {"train.ratio_net.head": "pooled", "train.ratio_net.logit_scale": "none",
+                     "train.ratio_level_weighting": "none"},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
