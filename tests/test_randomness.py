@@ -24,6 +24,7 @@ DIRECT_SEEDING = {
     ("pipeline/networks/published/convert.py", "manual_seed"): "a fixed probe input for the conversion check",
     ("pipeline/experiments/benchmark.py", "manual_seed"): "timings: the weights' values do not matter",
     ("pipeline/experiments/gpu_check.py", "manual_seed"): "timings and numerics checks: fixed inputs",
+    ("pipeline/experiments/preset_cost.py", "default_rng"): "timings: Inception's input images do not matter",
 }
 
 
