@@ -55,6 +55,13 @@ def quantile(u: torch.Tensor, p: NoiseParams) -> torch.Tensor:
     return sigma.clamp(p.sigma_min, p.sigma_max).float()  # rounding only: the quantiles lie inside already
 
 
+def expectation(fn, p: NoiseParams, points: int = 4096) -> float:
+    """E[fn(sigma)] under p's distribution, by the midpoint rule on its quantile function: a constant of the params,
+    the same in every process and accumulation pass (a batch's own mean of fn is not)."""
+    u = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    return float(fn(quantile(u, p).double()).mean())
+
+
 def density(sigma: torch.Tensor, p: NoiseParams) -> torch.Tensor:
     """The probability density of p's distribution at sigma (per unit of sigma), zero outside its range; for
     importance weights between two distributions of levels."""

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import NetworkParams
+from pipeline.config import NetworkParams, NoiseParams
 from pipeline.networks.models import denoiser_config
 from pipeline.networks.ratio_net import RatioNet
+from pipeline.noise_levels import expectation, quantile
 from pipeline.randomness import Draws
 from pipeline.training.divergences import DIVERGENCES
 from pipeline.training.ratio_losses import generator_loss, ratio_loss
@@ -164,3 +165,41 @@ def test_r1_penalty_is_half_gamma_times_the_squared_input_gradient_and_trains_th
     (grad_plain,) = torch.autograd.grad(plain, a)
     (grad_penalised,) = torch.autograd.grad(penalised, a)
     torch.testing.assert_close(grad_penalised - grad_plain, 3.0 * sigma.square().mean() * 0.7 * 4)
+
+
+def test_balanced_ratio_loss_does_not_depend_on_how_the_batch_is_split():
+    """The balanced level weighting divides by a constant of the params, not by the batch's own weight sum: the mean
+    of two halves' losses (two processes, or two accumulation passes) is the whole batch's loss."""
+
+    class LevelLogit(torch.nn.Module):  # d depends on the level only, so the input noise does not matter
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(0.3))
+
+        def forward(self, x, sigma, labels):
+            return self.w * sigma.log()
+
+    p = NoiseParams(distribution="lognormal", p_mean=-2.5, p_std=1.0, sigma_min=0.002, sigma_max=5, rho=7,
+                    stratified=False)
+    mean = expectation(lambda s: s / 0.5, p)  # 1 / c_logit(s) for inverse_sigma with sigma_data 0.5
+    torch.manual_seed(0)
+    draws = Draws(8, torch.device("cpu"))
+    sigma = quantile(torch.rand(8), p)
+    x = torch.randn(8, 1, 2, 2)
+    net = LevelLogit()
+
+    def loss(rows):
+        return ratio_loss(net, x[rows], x[rows], None, sigma[rows], draws.select(rows), scale=0.5 / sigma[rows],
+                          balanced_mean=mean)[0]
+
+    whole = loss(slice(0, 8))
+    halves = (loss(slice(0, 4)) + loss(slice(4, 8))) / 2
+    torch.testing.assert_close(halves, whole)
+
+
+def test_expectation_of_a_noise_distribution():
+    p = NoiseParams(distribution="lognormal", p_mean=-1.0, p_std=0.5, sigma_min=1e-6, sigma_max=1e6, rho=7,
+                    stratified=False)
+    assert expectation(lambda s: s, p) == pytest.approx(math.exp(-1.0 + 0.5**2 / 2), rel=1e-3)  # untruncated mean
+    p = p.model_copy(update={"distribution": "loguniform", "sigma_min": 0.1, "sigma_max": 10.0})
+    assert expectation(lambda s: s.log(), p) == pytest.approx(0.0, abs=1e-6)

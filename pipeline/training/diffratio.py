@@ -13,7 +13,7 @@ from pipeline.config import TrainParams
 from pipeline.datasets.training_data import TrainingData
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.ratio_net import RatioNet, logit_scale
-from pipeline.noise_levels import SIGMA_DATA, sample_noise_levels
+from pipeline.noise_levels import SIGMA_DATA, expectation, sample_noise_levels
 from pipeline.randomness import Draws
 from pipeline.runtime import Runtime
 from pipeline.training.augment import augment
@@ -35,6 +35,9 @@ class DiffRatioTraining(OneStepTraining):
     def __init__(self, generator: OneStepGenerator, ratio: RatioNet, data: TrainingData, p: TrainParams,
                  divergence: Divergence, conditional: bool, runtime: Runtime):
         self.divergence = divergence
+        kind = p.ratio_net.logit_scale
+        self.balanced_mean = (expectation(lambda s: 1 / logit_scale(s, SIGMA_DATA, kind), p.auxiliary_noise)
+                              if p.ratio_level_weighting == "balanced" else None)
         super().__init__(generator, ratio, data, p, conditional, runtime)
 
     def trained_with(self) -> dict:
@@ -49,7 +52,7 @@ class DiffRatioTraining(OneStepTraining):
         sigma = sample_noise_levels(draws, self.p.auxiliary_noise)
         scale = logit_scale(sigma, SIGMA_DATA, self.p.ratio_net.logit_scale)
         loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, self.p.ratio_r1, scale,
-                                  self.p.ratio_level_weighting == "balanced")
+                                  self.balanced_mean)
         # AUC, not accuracy at d = 0: a shift of every logit moves the two accuracies apart
         return loss, {"ratio_loss": loss, "auc": auc(logits["d_fake"], logits["d_real"]),
                       "d_real": logits["d_real"].mean(),

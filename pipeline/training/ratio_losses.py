@@ -21,11 +21,13 @@ from pipeline.training.weighting import noise_weight
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,
                sigma: torch.Tensor, draws: Draws, r1: float = 0.0, scale: torch.Tensor | None = None,
-               balanced: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               balanced_mean: float | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss and per-sample logits (d_fake, d_real) for diagnostics; the noise comes from `draws`. `scale` is
-    the ratio net's c_logit(s) per sample (pipeline/networks/ratio_net.py; default 1); with `balanced` each pair's
-    loss is weighted by 1 / c_logit(s), normalised to mean 1 over the batch, so that every level moves the head's
-    output alike.
+    the ratio net's c_logit(s) per sample (pipeline/networks/ratio_net.py; default 1). With `balanced_mean`, the
+    balanced level weighting: each pair's loss is weighted by 1 / c_logit(s) divided by balanced_mean, the weight's
+    expectation over the noise levels the net is trained on (noise_levels.expectation), so that every level moves
+    the head's output alike and the loss keeps its scale. A constant, not the batch's own mean weight: dividing by
+    that would make the gradient depend on how the batch is split among processes and accumulation passes.
 
     With r1 > 0 the loss adds an R1 penalty on the noisy real samples (as GANs' discriminators have it), on the
     head's output d / c_logit(s):
@@ -37,8 +39,8 @@ def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.
     d_fake = ratio(x_fake.detach() + s * draws.randn(*x_fake.shape[1:]), sigma, labels)
     x_real_s = (x_real + s * draws.randn(*x_real.shape[1:])).requires_grad_(r1 > 0)
     d_real = ratio(x_real_s, sigma, labels)
-    weight = 1 / scale if balanced else torch.ones_like(scale)
-    loss = (pair_losses(d_fake, d_real) * weight).sum() / weight.sum()
+    weight = torch.ones_like(scale) if balanced_mean is None else 1 / (scale * balanced_mean)
+    loss = (pair_losses(d_fake, d_real) * weight).mean()
     out = {"d_fake": d_fake.detach(), "d_real": d_real.detach()}
     if r1 > 0:
         (grad,) = torch.autograd.grad(d_real.sum(), x_real_s, create_graph=True)
