@@ -58,8 +58,9 @@ def quantile(u: torch.Tensor, p: NoiseParams) -> torch.Tensor:
 def expectation(fn, p: NoiseParams, points: int = 4096) -> float:
     """E[fn(sigma)] under p's distribution, by the midpoint rule on its quantile function: a constant of the params,
     the same in every process and accumulation pass (a batch's own mean of fn is not)."""
-    u = (torch.arange(points, dtype=torch.float64) + 0.5) / points
-    return float(fn(quantile(u, p).double()).mean())
+    with torch.device("cpu"):  # a number, also where the networks are built on the meta device
+        u = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+        return float(fn(quantile(u, p).double()).mean())
 
 
 def density(sigma: torch.Tensor, p: NoiseParams) -> torch.Tensor:
