@@ -37,7 +37,8 @@ from pipeline.config import Params, load_params
 from pipeline.errors import PipelineError
 from pipeline.evaluation.extractors import inception_extractor
 from pipeline.evaluation.inception import find_weights, missing
-from pipeline.experiments.benchmark import cpu_model, sampling, setting, teacher_and_data, timed, training_step
+from pipeline.experiments.benchmark import (cpu_model, network_config, sampling, setting, teacher_and_data, timed,
+                                           training_step)
 from pipeline.runtime import pick_device
 from pipeline.training.pretraining import ScorePretraining
 
@@ -113,7 +114,7 @@ def main() -> None:
         params = load_params(f"presets/{args.preset}.yaml")
         device = pick_device(params.device)
         samples = sampling(args.preset, args.batch, device, args.repeats, params.sample.nfe)
-        _, _, config, _ = setting(args.preset, args.batch, device)
+        config = network_config(params, args.preset)  # the network the preset trains: its image shape
         rates = {
             "pretrain_seconds_per_image": pretrain_seconds_per_image(args.preset, args.batch, device, args.repeats),
             "train_seconds_per_image": training_step(args.preset, args.batch, "diffratio", device, args.repeats,
