@@ -54,3 +54,10 @@ def test_the_critic_is_read_where_the_generator_takes_its_update():
     assert found["gradient_agreement"] == 0.8  # at the end of training
     assert "gradient_agreement" not in claims.critic_where_updated(header + rows)
     assert claims.critic_where_updated(header + "100,0.5,0.6,0.2,0.25,0.3,0.0\n") == {}  # no update anywhere
+
+
+def test_duration_variants_are_multiples_of_the_committed_duration():
+    import yaml
+    default = yaml.safe_load(open("params.yaml"))["train"]["duration_images"]
+    assert claims.DURATION["twice_as_long"]["train.duration_images"] == 2 * default
+    assert claims.DURATION["four_times_as_long"]["train.duration_images"] == 4 * default
