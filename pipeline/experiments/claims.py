@@ -102,6 +102,11 @@ ABLATION = {
                               "train.ratio_level_weighting": "none"},
     "first_critic": {"train.ratio_net.head": "pooled", "train.ratio_net.logit_scale": "none",
                      "train.ratio_level_weighting": "none"},
+    # The two players' time scales on today's critic, which is at chance at every level by the end of training
+    # while a net fitted longer to the final generator is not (docs/critic.md): four ratio steps per generator
+    # step, or the ratio net's rate 5x.
+    "ratio_steps4": {"train.auxiliary_steps": 4},
+    "fast_ratio_5x": {"train.auxiliary_lr": 0.001},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
