@@ -107,6 +107,9 @@ ABLATION = {
     # step, or the ratio net's rate 5x.
     "ratio_steps4": {"train.auxiliary_steps": 4},
     "fast_ratio_5x": {"train.auxiliary_lr": 0.001},
+    # The divergences re-decided where the critic is informed (four ratio steps: pair with --base ratio_steps4).
+    "dikl_ratio_steps4": {"divergence": "dikl", "train.auxiliary_steps": 4},
+    "difkl_ratio_steps4": {"divergence": "difkl", "train.auxiliary_steps": 4},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
