@@ -22,7 +22,7 @@ TINY = {  # the default networks, trained briefly: about two minutes for the who
                  "log_every_images": 2560, "checkpoint_every_images": 2560},
     "train": {"batch_size": 64, "duration_images": 12800, "log_every_images": 1280, "checkpoint_every_images": 6400,
               "ema_halflife_images": 2000, "diagnostic_levels": 4, "diagnostic_samples": 64,
-              "auxiliary_warmup_images": 1280},
+              "auxiliary_warmup_images": 1280, "auxiliary_steps": 1},  # the plumbing, not the critic's quality
     "reference": {"epochs": 10},
     "evaluation": {"set_size": 40, "num_sets": 5, "floor_sets": 5, "kid_subsets": 20},
     "battery": {"teacher_nfe": [9, 5, 3]},
