@@ -61,3 +61,26 @@ def test_duration_variants_are_multiples_of_the_committed_duration():
     default = yaml.safe_load(open("params.yaml"))["train"]["duration_images"]
     assert claims.DURATION["twice_as_long"]["train.duration_images"] == 2 * default
     assert claims.DURATION["four_times_as_long"]["train.duration_images"] == 4 * default
+
+
+def test_an_experiment_counts_only_with_the_params_the_variant_asks_for(tmp_path):
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("method: diffratio\ntrain:\n  seed: 0\n  auxiliary_steps: 4\n  betas: [0.0, 0.999]\n")
+    expected = claims.expected_params("one_ratio_step", 3, params_file)
+    assert expected == {"method": "diffratio", "train.seed": 3, "train.auxiliary_steps": 1, "train.betas": [0.0, 0.999]}
+    stale = {**expected, "train.auxiliary_steps": 4}  # the same name, run under other defaults
+    assert claims.matching([("a", expected), ("b", stale)], expected) == "a"
+    assert claims.matching([("b", stale)], expected) is None
+    assert claims.matching([("a", expected), ("b", stale)], None) == "b"  # --any-params: the name alone
+
+
+def test_the_walk_finds_finished_experiments_with_their_params():
+    show = [{"rev": "base", "experiments": [
+        {"name": "claims-dikl-s1", "executor": {"state": "success"},
+         "revs": [{"name": "claims-dikl-s1", "rev": "c1", "data": {"params": {"params.yaml": {"data": {
+             "divergence": "dikl", "train": {"seed": 1}}}}}}]},
+        {"name": "claims-dikl-s2", "executor": {"state": "failed"},
+         "revs": [{"name": "claims-dikl-s2", "rev": "c2", "data": {}}]}]}]
+    found = {}
+    claims._walk(show, found)
+    assert found == {"claims-dikl-s1": [("c1", {"divergence": "dikl", "train.seed": 1})]}

@@ -15,7 +15,10 @@ the difference), then the mean and sd of those over seeds. A
 difference is called resolved when the mean of the paired differences is more than twice their sd over seeds
 away from zero; otherwise it is reported as unresolved.
 DVC's run cache skips what is unchanged. Run it from a clean, committed workspace: queued experiments start
-from HEAD.
+from HEAD. An experiment counts for a (variant, seed) only if its params are the workspace's params.yaml with the
+variant's settings and the seed on top: a run made under other defaults (an earlier commit's) is left out of the
+report and is not reused by `run`, which queues only what has not run with these params. `--any-params` matches
+by name alone, for reports of runs made under earlier defaults.
 """
 
 from __future__ import annotations
@@ -133,24 +136,65 @@ def dvc(*args: str) -> str:
     return result.stdout
 
 
-def queue(variants: list[str], seeds: list[int]) -> None:
+def settings(variant: str, seed: int) -> dict:
+    return {**EVERY[variant], "train.seed": seed}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"seed": 0}} -> {"train.seed": 0}: params as `-S` names them."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def expected_params(variant: str, seed: int, params_file: Path = Path("params.yaml")) -> dict:
+    """The params an experiment of (variant, seed) runs with: the workspace's params.yaml, the variant and the seed."""
+    return {**flatten(yaml.safe_load(params_file.read_text())), **settings(variant, seed)}
+
+
+def matching(candidates: list[tuple[str, dict]], expected: dict | None) -> str | None:
+    """The commit of the finished experiment among `candidates` ((commit, flat params), all of one name) whose params
+    are `expected`; None if none is. With `expected` None (`--any-params`), the last one found."""
+    if expected is None:
+        return candidates[-1][0] if candidates else None
+    hits = [rev for rev, params in candidates if params == expected]
+    return hits[-1] if hits else None
+
+
+def queue(variants: list[str], seeds: list[int], found: dict[str, list[tuple[str, dict]]]) -> None:
+    """Queue each (variant, seed) that has no finished experiment with its params among `found`."""
     for variant in variants:
         for seed in seeds:
-            settings = {**EVERY[variant], "train.seed": seed}
-            flags = [arg for key, value in settings.items() for arg in ("-S", f"{key}={value}")]
-            dvc("exp", "run", "--queue", "-n", experiment_name(variant, seed), *flags)
+            name = experiment_name(variant, seed)
+            if matching(found.get(name, []), expected_params(variant, seed)):
+                print(f"claims: {name} has run with these params; reusing it")
+                continue
+            flags = [arg for key, value in settings(variant, seed).items() for arg in ("-S", f"{key}={value}")]
+            dvc("exp", "run", "--queue", "-n", name, *flags)
 
 
-def _walk(node, found: dict[str, str]) -> None:
-    """Collect {experiment name: its commit} from `dvc exp show --json`, whatever its nesting; experiments still
-    queued or running (their data are the base commit's) are left out."""
+def finished() -> dict[str, list[tuple[str, dict]]]:
+    """Every finished claims experiment, from any commit: {name: [(commit, flat params), ...]}."""
+    found: dict[str, list[tuple[str, dict]]] = {}
+    _walk(json.loads(dvc("exp", "show", "--json", "--all-commits")), found)
+    return found
+
+
+def _walk(node, found: dict[str, list[tuple[str, dict]]]) -> None:
+    """Collect the experiments of `dvc exp show --json`, whatever its nesting; experiments still queued or running
+    (their data are the base commit's) are left out."""
     if isinstance(node, dict):
         executor = node.get("executor")
         if isinstance(executor, dict) and executor.get("state") not in (None, "success"):
             return
         name, data = node.get("name"), node.get("data")
         if isinstance(name, str) and name.startswith(PREFIX + "-") and isinstance(data, dict):
-            found[name] = node.get("rev") or data.get("rev")
+            params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+            found.setdefault(name, []).append((node.get("rev") or data.get("rev"), flatten(params)))
         for value in node.values():
             _walk(value, found)
     elif isinstance(node, list):
@@ -213,14 +257,16 @@ def run_record(fid: dict, scale: dict | None, train: dict | None, verifier: dict
     return record
 
 
-def collect(variants: list[str], seeds: list[int]) -> dict[str, dict]:
-    found: dict[str, str] = {}
-    _walk(json.loads(dvc("exp", "show", "--json", "--all-commits")), found)  # queued from any commit
+def collect(variants: list[str], seeds: list[int], any_params: bool = False) -> dict[str, dict]:
+    found = finished()
     runs: dict[str, dict[int, dict]] = {}
     for variant in variants:
         runs[variant] = {}
         for seed in seeds:
-            rev = found.get(experiment_name(variant, seed))
+            name = experiment_name(variant, seed)
+            rev = matching(found.get(name, []), None if any_params else expected_params(variant, seed))
+            if rev is None and found.get(name):
+                print(f"claims: {name} ran only with other params than params.yaml's (see --any-params); left out")
             fid = _report(rev, "metrics/fid.json") if rev else None
             if fid and "primary" in fid:  # finished, with the metric suite
                 runs[variant][seed] = run_record(fid, *(_report(rev, f"metrics/{name}.json")
@@ -287,8 +333,9 @@ def tables(runs: dict[str, dict[int, dict]], summaries: dict, comparisons: dict,
     return "\n".join(lines) + "\n"
 
 
-def report(variants: list[str], seeds: list[int], out: str = "metrics/claims", base: str = BASE) -> None:
-    runs = collect(variants, seeds)
+def report(variants: list[str], seeds: list[int], out: str = "metrics/claims", base: str = BASE,
+           any_params: bool = False) -> None:
+    runs = collect(variants, seeds, any_params)
     summaries = {v: summarise(list(r.values())) for v, r in runs.items() if r}
     comparisons = {v: compare(runs[v], runs[base]) for v in runs if v != base and runs[v] and runs.get(base)}
     write_json(f"{out}.json", {"seeds": seeds, "resolved_beyond_sds": RESOLVED,
@@ -310,12 +357,14 @@ def main() -> None:
     parser.add_argument("--base", choices=list(EVERY), default=BASE, help="the variant the others are paired with")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (compute.threads: auto then "
                         "gives each its share of the cores)")
+    parser.add_argument("--any-params", action="store_true", help="report: take an experiment by its name alone, "
+                        "whatever params it ran with (runs made under earlier defaults)")
     args = parser.parse_args()
     try:
         if args.action == "run":
-            queue(args.variants, args.seeds)
+            queue(args.variants, args.seeds, finished())
             subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", str(args.jobs)], check=True)
-        report(args.variants, args.seeds, args.out, args.base)
+        report(args.variants, args.seeds, args.out, args.base, args.any_params)
     except (PipelineError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
