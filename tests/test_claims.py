@@ -66,7 +66,7 @@ def test_duration_variants_are_multiples_of_the_committed_duration():
 def test_an_experiment_counts_only_with_the_params_the_variant_asks_for(tmp_path):
     params_file = tmp_path / "params.yaml"
     params_file.write_text("method: diffratio\ntrain:\n  seed: 0\n  auxiliary_steps: 4\n  betas: [0.0, 0.999]\n")
-    expected = claims.expected_params("one_ratio_step", 3, params_file)
+    expected = claims.expected_params("one_ratio_step", 3, claims.workspace_params(params_file))
     assert expected == {"method": "diffratio", "train.seed": 3, "train.auxiliary_steps": 1, "train.betas": [0.0, 0.999]}
     stale = {**expected, "train.auxiliary_steps": 4}  # the same name, run under other defaults
     assert claims.matching([("a", expected), ("b", stale)], expected) == "a"

@@ -151,9 +151,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def expected_params(variant: str, seed: int, params_file: Path = Path("params.yaml")) -> dict:
-    """The params an experiment of (variant, seed) runs with: the workspace's params.yaml, the variant and the seed."""
-    return {**flatten(yaml.safe_load(params_file.read_text())), **settings(variant, seed)}
+def workspace_params(params_file: Path = Path("params.yaml")) -> dict:
+    return flatten(yaml.safe_load(params_file.read_text()))
+
+
+def expected_params(variant: str, seed: int, workspace: dict) -> dict:
+    """The params an experiment of (variant, seed) runs with: the workspace's (flat), the variant and the seed."""
+    return {**workspace, **settings(variant, seed)}
 
 
 def matching(candidates: list[tuple[str, dict]], expected: dict | None) -> str | None:
@@ -167,10 +171,11 @@ def matching(candidates: list[tuple[str, dict]], expected: dict | None) -> str |
 
 def queue(variants: list[str], seeds: list[int], found: dict[str, list[tuple[str, dict]]]) -> None:
     """Queue each (variant, seed) that has no finished experiment with its params among `found`."""
+    workspace = workspace_params()
     for variant in variants:
         for seed in seeds:
             name = experiment_name(variant, seed)
-            if matching(found.get(name, []), expected_params(variant, seed)):
+            if matching(found.get(name, []), expected_params(variant, seed, workspace)):
                 print(f"claims: {name} has run with these params; reusing it")
                 continue
             flags = [arg for key, value in settings(variant, seed).items() for arg in ("-S", f"{key}={value}")]
@@ -258,13 +263,13 @@ def run_record(fid: dict, scale: dict | None, train: dict | None, verifier: dict
 
 
 def collect(variants: list[str], seeds: list[int], any_params: bool = False) -> dict[str, dict]:
-    found = finished()
+    found, workspace = finished(), workspace_params()
     runs: dict[str, dict[int, dict]] = {}
     for variant in variants:
         runs[variant] = {}
         for seed in seeds:
             name = experiment_name(variant, seed)
-            rev = matching(found.get(name, []), None if any_params else expected_params(variant, seed))
+            rev = matching(found.get(name, []), None if any_params else expected_params(variant, seed, workspace))
             if rev is None and found.get(name):
                 print(f"claims: {name} ran only with other params than params.yaml's (see --any-params); left out")
             fid = _report(rev, "metrics/fid.json") if rev else None
