@@ -62,12 +62,24 @@ TUNING = {
 # The two knobs that each lifted the digits' lowest recalls (R1 x10 and augmentation, seeds 1-5), together; chosen
 # on those seeds, so reported on seeds 6-10.
 R1_STRONG_AUGMENT = {"train.ratio_r1": 1.0, "train.ratio_augment.p": 0.25}
-def _committed_duration() -> int:
-    """Stage 2's duration in the committed params.yaml: the DURATION variants are multiples of it."""
-    return int(yaml.safe_load(Path("params.yaml").read_text())["train"]["duration_images"])
 
 
-_DEFAULT = _committed_duration()
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"train": {"seed": 0}} -> {"train.seed": 0}: params as `-S` names them."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def workspace_params(params_file: Path = Path("params.yaml")) -> dict:
+    return flatten(yaml.safe_load(params_file.read_text()))
+
+
+_DEFAULT = int(workspace_params()["train.duration_images"])  # the DURATION variants are multiples of it
 DURATION = {  # stage 2 run longer, paired with the default duration seed by seed
     "twice_as_long": {"train.duration_images": 2 * _DEFAULT},
     "four_times_as_long": {"train.duration_images": 4 * _DEFAULT},
@@ -138,21 +150,6 @@ def dvc(*args: str) -> str:
 
 def settings(variant: str, seed: int) -> dict:
     return {**EVERY[variant], "train.seed": seed}
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"train": {"seed": 0}} -> {"train.seed": 0}: params as `-S` names them."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def workspace_params(params_file: Path = Path("params.yaml")) -> dict:
-    return flatten(yaml.safe_load(params_file.read_text()))
 
 
 def expected_params(variant: str, seed: int, workspace: dict) -> dict:
