@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from pipeline.errors import PipelineError
 from pipeline.training.divergences import DIVERGENCES
@@ -196,10 +196,12 @@ class AugmentParams(Section):
 
 
 class RatioNetParams(Section):
-    """DiffRatio's ratio net (pipeline/networks/ratio_net.py): its head and its logit's scale across noise levels."""
+    """DiffRatio's ratio net (pipeline/networks/ratio_net.py): its head, its logit's scale across noise levels and
+    how much of the teacher's encoder it keeps."""
 
     head: Literal["spatial", "pooled"]  # per-location logits of a small trained head | one map of pooled features
     logit_scale: Literal["inverse_variance", "inverse_sigma", "none"]  # d = (sd/s)^2 x head | (sd/s) x head | head
+    encoder_blocks: Literal["all"] | PositiveInt  # the whole encoder half | its first k blocks, in the order it runs them
 
 
 class TrainParams(LoopParams):

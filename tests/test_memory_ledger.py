@@ -141,5 +141,10 @@ def test_default_configuration_gives_a_positive_ratio_with_r1_counted():
         for method in ("diffratio", "vsd"):
             assert row[method]["peak"] > row[method]["state"] > 0
         assert row["diffratio"]["steps"]["ratio"]["r1_saved"] > 0  # R1's double backward keeps more
+        # the lighter ratio net (3 of the digits' 5 encoder blocks) holds less state and peaks no higher
+        assert row["diffratio_light"]["state"] < row["diffratio"]["state"]
+        assert row["diffratio_light"]["peak"] <= row["diffratio"]["peak"]
+    assert result["light_ratio"]["encoder_blocks"] == 3 and result["light_ratio"]["of_blocks"] == 5
+    assert result["light_ratio"]["parameters"] < result["ratio_parameters"] < result["teacher_parameters"]
     assert result["batches"]["2"]["vsd"]["peak"] > result["batches"]["1"]["vsd"]["peak"]
     assert "default" in ledger.markdown({"machine": "test", "seconds": 0.0, "configurations": {"default": result}})

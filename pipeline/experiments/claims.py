@@ -132,6 +132,11 @@ ABLATION = {
     # With four ratio steps two batches' generator gradients agree less (cosine 0.24 against 0.43): one level per
     # stratum of the generator's noise distribution within each batch, to cut the variance over levels.
     "stratified_generator_levels": {"train.generator_noise.stratified": True},
+    # A lighter ratio net (the memory ledger's case): the teacher's encoder cut after its first k blocks. On the
+    # digits' encoder (three down-path blocks, then two middle ones): 3 drops the middle block (0.20x the teacher's
+    # parameters, against 0.45x), 2 also the last down-path block, which widens the features (0.10x).
+    "ratio_encoder_blocks3": {"train.ratio_net.encoder_blocks": 3},
+    "ratio_encoder_blocks2": {"train.ratio_net.encoder_blocks": 2},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise

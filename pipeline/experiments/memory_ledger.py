@@ -17,6 +17,10 @@ the training task's own loss (`auxiliary_loss`, `generator_step_loss`) under the
   storage the step's operations make, from allocation until it is freed: the peak during the loss and what is
   still live when it returns (the saved tensors, the step's random draws, the outputs).
 
+Each configuration is counted twice for DiffRatio: with its params' ratio net, and with a lighter one that keeps the
+first `--light-fraction` of the teacher's encoder blocks (train.ratio_net.encoder_blocks, rounded; 0.6 is the
+digits' 3 of 5, whose quality docs/memory.md measures over seeds).
+
 Model of the peak: a step peaks at state + max(peak during the loss, live at its end + the updated net's
 gradients); the second term is the start of backward, counted as if every gradient were allocated before any
 saved tensor is freed. A method's peak is its larger step's. Not modelled: the caching allocator's rounding and
@@ -59,6 +63,8 @@ from pipeline.experiments.benchmark import PUBLISHED_TEACHERS, cpu_model
 from pipeline.networks.models import build_denoiser, denoiser_config
 from pipeline.networks.published import mp_layers
 from pipeline.networks.published.convert import published_config
+from pipeline.networks.ratio_net import RatioNet, encoder_block_count
+from pipeline.networks.unet import count_parameters
 from pipeline.noise_levels import SIGMA_DATA
 from pipeline.randomness import Draws
 from pipeline.runtime import Runtime
@@ -66,6 +72,7 @@ from pipeline.training.methods import build_task
 from pipeline.training.one_step import OneStepTraining
 
 OUT = "metrics/memory"  # .json and .md
+LIGHT_FRACTION = 0.6  # of the encoder's blocks the lighter ratio net keeps: the digits' 3 of 5
 BATCHES = (1, 8, 32, 64, 128)
 GiB = 2**30
 
@@ -382,13 +389,25 @@ def method_ledger(task: OneStepTraining, batches: list[int], device: torch.devic
     return out
 
 
-def configuration_ledger(name: str, batches: list[int]) -> dict:
-    """Both methods' ledgers of one configuration at each batch, and DiffRatio's peak over VSD's."""
+def lighter(params: Params, config: dict, fraction: float) -> tuple[Params, int, int]:
+    """`params` with a ratio net that keeps round(fraction x n) of the teacher encoder's n blocks (at least one)."""
+    with torch.device("meta"):
+        blocks = encoder_block_count(RatioNet(config, "spatial", "none").encoder)
+    kept = max(1, round(fraction * blocks))
+    ratio_net = params.train.ratio_net.model_copy(update={"encoder_blocks": kept})
+    return params.model_copy(update={"train": params.train.model_copy(update={"ratio_net": ratio_net})}), kept, blocks
+
+
+def configuration_ledger(name: str, batches: list[int], light_fraction: float = LIGHT_FRACTION) -> dict:
+    """Both methods' ledgers of one configuration at each batch (DiffRatio's also with the lighter ratio net), and
+    DiffRatio's peak over VSD's."""
     path, architecture = CONFIGURATIONS[name]
     params = settings(path, max(batches))
     config = score_config(path, params, architecture)
     device, bf16 = device_for(params), params.compute.precision == "bf16"
+    light_params, kept, blocks = lighter(params, config, light_fraction)
     tasks = {method: build(params, config, method, device) for method in ("diffratio", "vsd")}
+    tasks["diffratio_light"] = build(light_params, config, "diffratio", device)
     teacher = tasks["vsd"][1]
     ledgers = {method: method_ledger(task, batches, device, bf16) for method, (task, _) in tasks.items()}
     r1 = params.train.ratio_r1
@@ -406,16 +425,22 @@ def configuration_ledger(name: str, batches: list[int]) -> dict:
            "kwargs": architecture[1] if architecture else params.pretrain.network.model_dump(),
            "teacher_parameters": sum(p.numel() for p in teacher.parameters()),
            "precision": params.compute.precision, "channels_last": params.compute.channels_last,
-           "device_model": device.type, "ratio_r1": r1, "batches": {}}
+           "device_model": device.type, "ratio_r1": r1,
+           "ratio_parameters": count_parameters(tasks["diffratio"][0].networks["ratio"]),
+           "light_ratio": {"encoder_blocks": kept, "of_blocks": blocks,
+                           "parameters": count_parameters(tasks["diffratio_light"][0].networks["ratio"])},
+           "batches": {}}
     for batch in batches:
-        diffratio, vsd = ledgers["diffratio"][batch], ledgers["vsd"][batch]
-        # the train stage keeps the teacher it loaded referenced for the whole run, DiffRatio's too (never evaluated)
-        diffratio["idle_teacher"] = tensor_bytes(teacher)
-        diffratio["peak_with_idle_teacher"] = diffratio["peak"] + diffratio["idle_teacher"]
-        out["batches"][str(batch)] = {"diffratio": diffratio, "vsd": vsd,
-                                      "diffratio_over_vsd": diffratio["peak"] / vsd["peak"],
-                                      "diffratio_over_vsd_with_idle_teacher":
-                                          diffratio["peak_with_idle_teacher"] / vsd["peak"]}
+        vsd, row = ledgers["vsd"][batch], {}
+        for method in ("diffratio", "diffratio_light"):
+            ledger = row[method] = ledgers[method][batch]
+            # the train stage keeps the teacher it loaded referenced for the whole run, DiffRatio's too (never
+            # evaluated)
+            ledger["idle_teacher"] = tensor_bytes(teacher)
+            ledger["peak_with_idle_teacher"] = ledger["peak"] + ledger["idle_teacher"]
+            row[f"{method}_over_vsd"] = ledger["peak"] / vsd["peak"]
+            row[f"{method}_over_vsd_with_idle_teacher"] = ledger["peak_with_idle_teacher"] / vsd["peak"]
+        out["batches"][str(batch)] = {"vsd": vsd, **row}
     return out
 
 
@@ -440,6 +465,20 @@ def markdown(result: dict) -> str:
         cells = [f"{c['batches'][str(b)]['diffratio_over_vsd']:.2f}" if str(b) in c["batches"] else "" for b in batches]
         settings_of = c["params"] + ("" if c["preset_network"] else ", another network")
         lines.append(f"| {name} | {settings_of} | {c['precision']} | " + " | ".join(cells) + " |")
+    lines += ["", ("The same with the lighter ratio net (the teacher's encoder cut after its first k of n blocks, "
+                   "train.ratio_net.encoder_blocks: k); its parameters and the default ratio net's as a share of the "
+                   "teacher's; a peak at most 0.6x VSD's in bold."), "",
+              "| configuration | k of n | ratio net / teacher, light (default) | " +
+              " | ".join(f"batch {b}" for b in batches) + " |", "|---|---|---|" + "---:|" * len(batches)]
+    for name, c in configs.items():
+        light = c["light_ratio"]
+        cells = []
+        for b in batches:
+            ratio = c["batches"].get(str(b), {}).get("diffratio_light_over_vsd")
+            cells.append("" if ratio is None else f"**{ratio:.2f}**" if ratio <= 0.6 else f"{ratio:.2f}")
+        lines.append(f"| {name} | {light['encoder_blocks']} of {light['of_blocks']} | "
+                     f"{light['parameters'] / c['teacher_parameters']:.2f} "
+                     f"({c['ratio_parameters'] / c['teacher_parameters']:.2f}) | " + " | ".join(cells) + " |")
     lines += ["", ("Components in GiB: state (weights + Adam), then per step the saved activations and the step's "
                    "peak; the method's peak; DiffRatio's with the idle teacher the train stage holds."), "",
               ("| configuration | batch | DiffRatio state | ratio step saved / peak | generator step saved / peak "
@@ -460,14 +499,18 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=list(CONFIGURATIONS), choices=list(CONFIGURATIONS))
     parser.add_argument("--batches", nargs="*", type=int, default=list(BATCHES), help="per-GPU batches")
     parser.add_argument("--out", default=OUT, help="writes OUT.json and OUT.md")
+    parser.add_argument("--light-fraction", type=float, default=LIGHT_FRACTION,
+                        help="the share of the teacher encoder's blocks the lighter ratio net keeps")
     args = parser.parse_args()
+    if not 0 < args.light_fraction <= 1:
+        raise SystemExit(f"error: --light-fraction is {args.light_fraction}: give a share of the blocks in (0, 1]")
     started = time.perf_counter()
     result = {"machine": f"CPU ({cpu_model()}), {torch.get_num_threads()} threads, torch {torch.__version__}, "
                          f"Python {platform.python_version()}", "configurations": {}}
     try:
         for name in args.configs:
             began = time.perf_counter()
-            result["configurations"][name] = configuration_ledger(name, sorted(args.batches))
+            result["configurations"][name] = configuration_ledger(name, sorted(args.batches), args.light_fraction)
             print(f"{name}: {time.perf_counter() - began:.0f} s", flush=True)
     except PipelineError as exc:
         raise SystemExit(f"error: {exc}") from None

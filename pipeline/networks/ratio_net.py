@@ -26,6 +26,13 @@ Two choices, both in its config (train.ratio_net), shape what it can represent:
 
 For an EDM2 teacher the head is magnitude-preserving like the rest of EDM2 (unit-norm maps, a learnt output gain
 that starts at zero).
+
+Its size is a third choice (train.ratio_net.encoder_blocks): `all` keeps the teacher's whole encoder half; a count
+k keeps its first k blocks in the order it runs them (the project U-Net's down path then its middle block; a
+published network's `enc` entries, the auxiliary paths of a level counted with the block that opens it) and
+drops the rest. The kept blocks keep the teacher's names, so they still start from its weights; the head reads
+the last kept block's features. Dropping the low-resolution end drops most of the parameters (a block's weights
+grow with its width squared) and little of the activations (they grow with resolution squared).
 """
 
 from __future__ import annotations
@@ -108,13 +115,57 @@ def logit_scale(sigma: torch.Tensor, sigma_data: float, kind: str) -> torch.Tens
     return sigma_data / sigma if kind == "inverse_sigma" else torch.ones_like(sigma)
 
 
+def _out_channels(block: nn.Module) -> int:
+    return block.out_channels if hasattr(block, "out_channels") else block.conv0.out_channels  # published | project
+
+
+def _published_blocks(encoder: nn.Module) -> tuple[nn.ModuleDict, list[str], list[str]]:
+    """A published encoder's `enc` entries, all of their names and the main path's (EDM's auxiliary paths, aux_*,
+    left out; EDM2's entries are all main path)."""
+    backbone = encoder.model if hasattr(encoder, "model") else encoder.unet  # EDM's preconditioner | EDM2's
+    roles = getattr(backbone, "_enc_roles", {})
+    names = list(backbone.enc)
+    return backbone.enc, names, [name for name in names if not roles.get(name, "").startswith("aux")]
+
+
+def encoder_block_count(encoder: nn.Module) -> int:
+    """How many blocks `encoder` runs: the largest count train.ratio_net.encoder_blocks can keep."""
+    if isinstance(encoder, ProjectEncoder):
+        return len(encoder.down) + len(encoder.mid)
+    return len(_published_blocks(encoder)[2])
+
+
+def keep_encoder_blocks(encoder: nn.Module, count: int) -> None:
+    """Cut `encoder` (a ProjectEncoder or a published network built with decoder=False) after its first `count`
+    blocks, in place, and set its `encoder_channels` to the last kept block's."""
+    available = encoder_block_count(encoder)
+    if not 1 <= count <= available:
+        raise ValueError(f"train.ratio_net.encoder_blocks is {count}, but the teacher's encoder has {available} "
+                         f"blocks: set it to a count from 1 to {available}, or to all")
+    if isinstance(encoder, ProjectEncoder):
+        blocks, down = [*encoder.down, *encoder.mid], len(encoder.down)
+        encoder.down, encoder.mid = nn.ModuleList(blocks[:min(count, down)]), nn.ModuleList(blocks[down:count])
+        encoder.encoder_channels = _out_channels(blocks[count - 1])
+        return
+    enc, names, main = _published_blocks(encoder)
+    last = main[count - 1]
+    end = names.index(last) + 1
+    while end < len(names) and names[end] not in main:  # the auxiliary paths that finish the last kept level
+        end += 1
+    for name in names[end:]:
+        del enc[name]
+    encoder.encoder_channels = _out_channels(enc[last])
+
+
 class RatioNet(nn.Module):
-    def __init__(self, score_config: dict, head: str, scale: str):
+    def __init__(self, score_config: dict, head: str, scale: str, encoder_blocks: int | str = "all"):
         super().__init__()
         if head not in HEADS or scale not in LOGIT_SCALES:
             raise ValueError(f"ratio net head {head!r} / logit scale {scale!r}: expected one of {HEADS} / {LOGIT_SCALES}")
         published = score_config["kind"] == PUBLISHED
         self.encoder = build_published(score_config, decoder=False) if published else ProjectEncoder(score_config)
+        if encoder_blocks != "all":
+            keep_encoder_blocks(self.encoder, encoder_blocks)
         magnitude_preserving = published and score_config["family"] == "edm2"
         self.head = RatioHead(self.encoder.encoder_channels, score_config["num_classes"], head, magnitude_preserving)
         self.scale, self.sigma_data = scale, score_config["sigma_data"]
@@ -125,12 +176,15 @@ class RatioNet(nn.Module):
         return logit * logit_scale(sigma, self.sigma_data, self.scale)
 
 
-def ratio_config(score_config: dict, head: str = "spatial", scale: str = "inverse_sigma") -> dict:
-    return {"kind": "ratio-net", "score": score_config, "head": head, "logit_scale": scale}
+def ratio_config(score_config: dict, head: str = "spatial", scale: str = "inverse_sigma",
+                 encoder_blocks: int | str = "all") -> dict:
+    return {"kind": "ratio-net", "score": score_config, "head": head, "logit_scale": scale,
+            "encoder_blocks": encoder_blocks}
 
 
 def build_ratio_net(config: dict) -> RatioNet:
-    return RatioNet(config["score"], config["head"], config["logit_scale"])
+    # ratio nets saved before the size was a choice kept the whole encoder
+    return RatioNet(config["score"], config["head"], config["logit_scale"], config.get("encoder_blocks", "all"))
 
 
 def init_from_score(ratio: RatioNet, score: nn.Module) -> RatioNet:

@@ -28,7 +28,7 @@ def build_task(params: Params, teacher: Denoiser, score_config: dict, data: Trai
     start = copy.deepcopy(teacher) if p.init == "teacher" else build_denoiser(score_config).to(runtime.device)
     generator = OneStepGenerator(start, p.t_init).requires_grad_(True)
     if params.method == "diffratio":
-        config = ratio_config(score_config, p.ratio_net.head, p.ratio_net.logit_scale)
+        config = ratio_config(score_config, p.ratio_net.head, p.ratio_net.logit_scale, p.ratio_net.encoder_blocks)
         ratio = init_from_score(build_ratio_net(config), teacher).to(runtime.device)
         return (DiffRatioTraining(generator, ratio, data, p, DIVERGENCES[params.divergence], conditional, runtime),
                 config)
