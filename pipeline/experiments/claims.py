@@ -126,6 +126,8 @@ ABLATION = {
     "ratio_steps4": {"train.auxiliary_steps": 4},
     "one_ratio_step": {"train.auxiliary_steps": 1},
     "fast_ratio_5x": {"train.auxiliary_lr": 0.001},
+    # The dose above the default: recall rose with each doubling of the ratio steps (1, 2, 4) on the digits.
+    "ratio_steps8": {"train.auxiliary_steps": 8},
     # The divergences re-decided where the critic is informed (four ratio steps: pair with --base ratio_steps4).
     "dikl_ratio_steps4": {"divergence": "dikl", "train.auxiliary_steps": 4},
     "difkl_ratio_steps4": {"divergence": "difkl", "train.auxiliary_steps": 4},
