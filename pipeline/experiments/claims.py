@@ -139,6 +139,11 @@ ABLATION = {
     # parameters, against 0.45x), 2 also the last down-path block, which widens the features (0.10x).
     "ratio_encoder_blocks3": {"train.ratio_net.encoder_blocks": 3},
     "ratio_encoder_blocks2": {"train.ratio_net.encoder_blocks": 2},
+    # Stage 2 within the time budget of the slowest 2-core machine (docs/critic.md): R1 on one ratio update in four
+    # at four times the weight (lazy); that with the lighter ratio net; two ratio steps with lazy R1.
+    "lazy_r1": {"train.ratio_r1_interval": 4},
+    "light_critic": {"train.ratio_net.encoder_blocks": 3, "train.ratio_r1_interval": 4},
+    "ratio_steps2_lazy_r1": {"train.auxiliary_steps": 2, "train.ratio_r1_interval": 2},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
