@@ -204,6 +204,14 @@ class RatioNetParams(Section):
     encoder_blocks: Literal["all"] | PositiveInt  # the whole encoder half | its first k blocks, in the order it runs them
 
 
+class BootstrapParams(Section):
+    """DiffRatio's ratio-loss targets (pipeline/training/ratio_losses.py): the labels, or the ratio net's own
+    probability one noise level down on the same noising path (a temporal-difference target across levels)."""
+
+    lower: float = Field(ge=0, lt=1)  # the lower level as a fraction of s (0: the labels, plain logistic regression)
+    label_weight: float = Field(ge=0, le=1)  # the label's share of the target, the rest the lower level's probability
+
+
 class TrainParams(LoopParams):
     """Stage 2: a one-step generator G(z) = D(t_init z; t_init) and its auxiliary network (the ratio net for
     DiffRatio, the fake score net for the vsd baseline): the `auxiliary_*` knobs drive whichever it is, the
@@ -227,6 +235,7 @@ class TrainParams(LoopParams):
     ratio_net: RatioNetParams  # DiffRatio; vsd ignores it
     ratio_level_weighting: Literal["none", "balanced"]  # DiffRatio: weight each level's ratio loss by 1 / c_logit(s)
     ratio_r1: float = Field(ge=0)  # gamma of the R1 penalty on real data (ratio_losses.py); vsd ignores it
+    ratio_bootstrap: BootstrapParams  # DiffRatio: the ratio loss's targets; vsd ignores it
     ratio_r1_interval: int = Field(ge=1)  # R1 on every k-th ratio-net update only, its weight times k (lazy
     # regularisation: the same penalty per update on average, its double backward on 1 update in k)
     ratio_augment: AugmentParams  # DiffRatio: augment the ratio net's inputs; vsd ignores it
@@ -434,6 +443,20 @@ def parse_params(raw: object, source: str = "params.yaml") -> Params:
     except ValidationError as exc:
         lines = [_describe(e, source) for e in exc.errors()]
         raise ParamsError("invalid parameters:\n  " + "\n  ".join(lines)) from None
+
+
+def with_settings(params: Params, flat: dict) -> Params:
+    """`params` with dotted keys set as `dvc exp run -S` sets them ({"train.seed": 3}), validated again."""
+    raw = params.model_dump()
+    for key, value in flat.items():
+        *parents, leaf = key.split(".")
+        node = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise ParamsError(f"{key} is not a parameter")
+        node[leaf] = value
+    return parse_params(raw, "params with " + ", ".join(f"{k}={v}" for k, v in flat.items()))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

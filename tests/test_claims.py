@@ -59,8 +59,10 @@ def test_the_critic_is_read_where_the_generator_takes_its_update():
 def test_duration_variants_are_multiples_of_the_committed_duration():
     import yaml
     default = yaml.safe_load(open("params.yaml"))["train"]["duration_images"]
-    assert claims.DURATION["twice_as_long"]["train.duration_images"] == 2 * default
-    assert claims.DURATION["four_times_as_long"]["train.duration_images"] == 4 * default
+    workspace = claims.workspace_params()
+    assert claims.settings("twice_as_long", 3, workspace)["train.duration_images"] == 2 * default
+    assert claims.settings("four_times_as_long", 3, workspace) == {"train.duration_images": 4 * default,
+                                                                  "train.seed": 3}
 
 
 def test_an_experiment_counts_only_with_the_params_the_variant_asks_for(tmp_path):

@@ -50,14 +50,18 @@ def test_default_ratio_net_is_lightweight():
     assert count_parameters(ratio) <= 0.6 * count_parameters(build_denoiser(config))
 
 
-@pytest.mark.parametrize("method", ["diffratio", "vsd"])
-def test_interrupted_training_resumes_bit_exactly(tmp_path, method):
-    reference, train, _ = make_task(method)
+BOOTSTRAP = {"ratio_bootstrap": PARAMS.train.ratio_bootstrap.model_copy(update={"lower": 0.5, "label_weight": 0.2}),
+             "ratio_r1_interval": 2}
+
+
+@pytest.mark.parametrize("method, changes", [("diffratio", {}), ("diffratio", BOOTSTRAP), ("vsd", {})])
+def test_interrupted_training_resumes_bit_exactly(tmp_path, method, changes):
+    reference, train, _ = make_task(method, **changes)
     run_training(reference, train, tmp_path / "a", "run", CPU, "t", lambda s: None, seed=0)
-    interrupted, _, _ = make_task(method, fail_at_step=5)
+    interrupted, _, _ = make_task(method, fail_at_step=5, **changes)
     with pytest.raises(Interrupted):
         run_training(interrupted, train, tmp_path / "b", "run", CPU, "t", lambda s: None, seed=0)
-    resumed, _, calls = make_task(method)
+    resumed, _, calls = make_task(method, **changes)
     run_training(resumed, train, tmp_path / "b", "run", CPU, "t", lambda s: None, seed=0)
     assert len(calls) == 3  # resumed after the checkpoint at step 3
     for kind, name in (("networks", "generator"), ("networks", resumed.auxiliary), ("ema", "generator")):

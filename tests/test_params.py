@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from pipeline.config import ParamsError, load_params, parse_params
+from pipeline.config import ParamsError, load_params, parse_params, with_settings
 from tests.helpers import ROOT
 
 
@@ -93,3 +93,14 @@ def test_a_stage_with_bad_params_exits_nonzero_and_writes_nothing(tmp_path, para
     assert result.returncode == 2
     assert "prepare.resolution = 2" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_settings_by_dotted_key_as_dvc_sets_them():
+    params = load_params(ROOT / "params.yaml")
+    changed = with_settings(params, {"train.ratio_bootstrap.lower": 0.5, "divergence": "dikl"})
+    assert changed.train.ratio_bootstrap.lower == 0.5 and changed.divergence == "dikl"
+    assert changed.model_copy(update={"train": params.train, "divergence": params.divergence}) == params
+    with pytest.raises(ParamsError, match="train.no_such_key is not a parameter"):
+        with_settings(params, {"train.no_such_key": 1})
+    with pytest.raises(ParamsError, match="lower"):
+        with_settings(params, {"train.ratio_bootstrap.lower": 1.5})  # validated again: below 1

@@ -32,6 +32,12 @@ network; fresh weights: speed does not depend on the weights):
 - encode: SD-VAE encoder and decoder throughput at 512x512 in fp32, as the encode stage runs it (diffusers'
   AutoencoderKL built from the sd-vae-ft-mse architecture, fresh weights).
 
+Stage-2 variants of the default params (the claims' variants, pipeline/experiments/claims.py), each step in a process
+of its own, one after another; their time against the default's and stage 2's predicted training time (steps x
+step time, diagnostics and start-up not counted):
+
+    python -m pipeline.experiments.benchmark --stage2 diffratio lazy_r1 light_critic --out metrics/bench_stage2.json
+
 Presets run at compute.precision on CUDA and in fp32 on the CPU. `--batch` is the batch of every preset
 measurement (default: the preset's per-process training batch on CUDA, 4 on the CPU). Figures depend on
 the machine: the table names the device and the JSON records it.
@@ -54,10 +60,11 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.artifacts import read_json, write_json
-from pipeline.config import Params, load_params
+from pipeline.config import Params, load_params, with_settings
 from pipeline.datasets.encoders import IdentityEncoder, map_encoded
 from pipeline.datasets.training_data import TrainingData
 from pipeline.errors import PipelineError
+from pipeline.experiments import claims
 from pipeline.generation.sampling import edm_heun
 from pipeline.networks.generator import OneStepGenerator
 from pipeline.networks.models import build_denoiser, denoiser_config, load_denoiser
@@ -228,9 +235,12 @@ def sampling(name: str, batch: int | None, device: torch.device, repeats: int, n
 
 
 def training_step(name: str, batch: int | None, method: str, device: torch.device, steps: int,
-                  profiled: bool) -> dict:
-    """One method's step time and peak memory (run in a process of its own)."""
+                  profiled: bool, overrides: dict | None = None) -> dict:
+    """One method's step time and peak memory (run in a process of its own), with `overrides` (flat params) set."""
     params, runtime, config, batch = setting(name, batch, device)
+    if overrides:
+        params = with_settings(params, overrides)
+        method = params.method
     memory = PeakMemory(device)
     teacher, config, data = teacher_and_data(params, config, runtime)
     if runtime.compute.channels_last:  # the frozen teacher (VSD's) in the layout the trained nets get
@@ -294,6 +304,37 @@ def training(name: str, batch: int | None, steps: int, profiled: bool) -> dict:
     results["diffratio_over_vsd_peak_memory"] = (results["diffratio"]["peak_memory_mib"]
                                                  / results["vsd"]["peak_memory_mib"])
     return results
+
+
+def stage2_variants(variants: list[str], steps: int, out: str, device_name: str) -> dict:
+    """Each claims variant's stage-2 step on the default params, in a process of its own, against the first's."""
+    workspace = claims.workspace_params()
+    result = {"device": device_name, "threads": torch.get_num_threads(), "variants": {}}
+    for variant in variants:
+        overrides = {k: v for k, v in claims.settings(variant, 0, workspace).items() if k != "train.seed"}
+        command = [sys.executable, "-m", "pipeline.experiments.benchmark", "--step", "diffratio", "--steps",
+                   str(steps), "--overrides", json.dumps(overrides)]
+        out_ = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
+        if out_.returncode:
+            raise PipelineError(f"benchmarking the stage-2 step of {variant} failed (its output is above)")
+        step = json.loads(out_.stdout.strip().splitlines()[-1])
+        train = with_settings(load_params(), overrides).train
+        count = -(-train.duration_images // train.batch_size)
+        first = next(iter(result["variants"].values()), None)
+        result["variants"][variant] = {
+            "settings": overrides, "seconds_per_step": step["seconds_per_step"], "steps": count,
+            "predicted_training_seconds": step["seconds_per_step"] * count,
+            "step_time_over_first": step["seconds_per_step"] / (first or step)["seconds_per_step"],
+            "peak_memory_mib": step["peak_memory_mib"]}
+        write_json(out, result)
+    table = Table(title=f"stage 2 measured one after another on {device_name} ({result['threads']} threads)")
+    for column in ("variant", "step", "x first", "steps", "training (predicted)"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for variant, v in result["variants"].items():
+        table.add_row(variant, f"{v['seconds_per_step']:.3f} s", f"{v['step_time_over_first']:.2f}x", str(v["steps"]),
+                      f"{v['predicted_training_seconds']:.0f} s")
+    console.print(table)
+    return result
 
 
 def fill_compiled_flops(settings: dict, device: torch.device) -> None:
@@ -374,15 +415,23 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="CUDA: profile 3 DiffRatio steps of every setting")
     parser.add_argument("--out", default=METRICS, help="the JSON file written")
     parser.add_argument("--append", action="store_true", help="add to --out's settings (same device) instead")
+    parser.add_argument("--stage2", nargs="+", choices=list(claims.EVERY), metavar="VARIANT",
+                        help="only stage-2 steps of these claims variants of the default params (the first is the "
+                        "reference)")
     parser.add_argument("--step", choices=["diffratio", "vsd"], help=argparse.SUPPRESS)  # the per-method child
     parser.add_argument("--setting", default="default", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)  # the child's flat params
     args = parser.parse_args()
     try:
         device = pick_device(load_params().device)
         if args.step:
-            print(json.dumps(training_step(args.setting, args.batch, args.step, device, args.steps, args.profile)))
+            print(json.dumps(training_step(args.setting, args.batch, args.step, device, args.steps, args.profile,
+                                           args.overrides)))
             return
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_model()})"
+        if args.stage2:
+            stage2_variants(args.stage2, args.steps, args.out, name)
+            return
         result = {"device": name, "threads": torch.get_num_threads(), "settings": {}}
         if args.append and Path(args.out).exists():
             result = read_json(args.out)

@@ -79,13 +79,16 @@ def workspace_params(params_file: Path = Path("params.yaml")) -> dict:
     return flatten(yaml.safe_load(params_file.read_text()))
 
 
-_DEFAULT = int(workspace_params()["train.duration_images"])  # the DURATION variants are multiples of it
+class Times(int):
+    """A variant's value that is this multiple of the workspace's value of the same key (resolved by `settings`)."""
+
+
 DURATION = {  # stage 2 run longer, paired with the default duration seed by seed
-    "twice_as_long": {"train.duration_images": 2 * _DEFAULT},
-    "four_times_as_long": {"train.duration_images": 4 * _DEFAULT},
-    "four_times_r1_strong": {"train.duration_images": 4 * _DEFAULT, "train.ratio_r1": 1.0},  # does 10x R1 hold it?
-    "four_times_augment": {"train.duration_images": 4 * _DEFAULT, "train.ratio_augment.p": 0.25},  # augmenting?
-    "four_times_r1_strong_augment": {"train.duration_images": 4 * _DEFAULT, **R1_STRONG_AUGMENT},
+    "twice_as_long": {"train.duration_images": Times(2)},
+    "four_times_as_long": {"train.duration_images": Times(4)},
+    "four_times_r1_strong": {"train.duration_images": Times(4), "train.ratio_r1": 1.0},  # does 10x R1 hold it?
+    "four_times_augment": {"train.duration_images": Times(4), "train.ratio_augment.p": 0.25},  # augmenting?
+    "four_times_r1_strong_augment": {"train.duration_images": Times(4), **R1_STRONG_AUGMENT},
 }
 # What keeps stage 2's ratio net informative and honest, one knob at a time from the defaults (README: "A stage 2
 # that holds"): an R1 penalty on real data (a default of params.yaml since that ablation, off in the presets; r1
@@ -163,13 +166,15 @@ def dvc(*args: str) -> str:
     return result.stdout
 
 
-def settings(variant: str, seed: int) -> dict:
-    return {**EVERY[variant], "train.seed": seed}
+def settings(variant: str, seed: int, workspace: dict) -> dict:
+    """What (variant, seed) sets on top of the workspace's params (flat), multiples resolved against them."""
+    return {**{key: int(value) * workspace[key] if isinstance(value, Times) else value
+               for key, value in EVERY[variant].items()}, "train.seed": seed}
 
 
 def expected_params(variant: str, seed: int, workspace: dict) -> dict:
     """The params an experiment of (variant, seed) runs with: the workspace's (flat), the variant and the seed."""
-    return {**workspace, **settings(variant, seed)}
+    return {**workspace, **settings(variant, seed, workspace)}
 
 
 def matching(candidates: list[tuple[str, dict]], expected: dict | None) -> str | None:
@@ -190,7 +195,8 @@ def queue(variants: list[str], seeds: list[int], found: dict[str, list[tuple[str
             if matching(found.get(name, []), expected_params(variant, seed, workspace)):
                 print(f"claims: {name} has run with these params; reusing it")
                 continue
-            flags = [arg for key, value in settings(variant, seed).items() for arg in ("-S", f"{key}={value}")]
+            flags = [arg for key, value in settings(variant, seed, workspace).items()
+                     for arg in ("-S", f"{key}={value}")]
             dvc("exp", "run", "--queue", "-n", name, *flags)
 
 

@@ -19,7 +19,7 @@ from pipeline.runtime import Runtime
 from pipeline.training.augment import augment
 from pipeline.training.divergences import Divergence
 from pipeline.training.one_step import OneStepTraining
-from pipeline.training.ratio_losses import generator_loss, ratio_loss
+from pipeline.training.ratio_losses import Bootstrap, generator_loss, ratio_loss
 
 
 def auc(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
@@ -39,6 +39,9 @@ class DiffRatioTraining(OneStepTraining):
         self.balanced_mean = (expectation(lambda s: 1 / logit_scale(s, SIGMA_DATA, kind), p.auxiliary_noise)
                               if p.ratio_level_weighting == "balanced" else None)
         super().__init__(generator, ratio, data, p, conditional, runtime)
+        b = p.ratio_bootstrap
+        self.bootstrap = (Bootstrap(self.networks["ratio"], b.lower, b.label_weight, p.auxiliary_noise.sigma_min)
+                          if b.lower > 0 else None)
 
     def trained_with(self) -> dict:
         return {"divergence": self.divergence.name, "ratio_r1": self.p.ratio_r1,
@@ -55,7 +58,7 @@ class DiffRatioTraining(OneStepTraining):
         lazy = self.p.ratio_r1_interval
         r1 = self.p.ratio_r1 * lazy if self.auxiliary_update % lazy == 0 else 0.0
         loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, r1, scale,
-                                  self.balanced_mean)
+                                  self.balanced_mean, self.bootstrap)
         # AUC, not accuracy at d = 0: a shift of every logit moves the two accuracies apart
         return loss, {"ratio_loss": loss, "auc": auc(logits["d_fake"], logits["d_real"]),
                       "d_real": logits["d_real"].mean(),
