@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 D, SIDE = 16, 4
 NET = NetworkParams(channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
 NEW, OLD = ("spatial", "inverse_sigma"), ("pooled", "none")
-BOOTSTRAPPED = ("spatial", "inverse_sigma", "bootstrapped")  # NEW, on targets bootstrapped from half the level
+BOOTSTRAPPED = ("spatial", "inverse_sigma", "bootstrapped")  # NEW, its targets half from half the level
 
 
 class Gaussians:
@@ -66,14 +66,14 @@ class NarrowMixture:
 
 
 def fit(target, design: tuple[str, str], s_range: tuple[float, float], steps: int = 2000, seed: int = 0,
-        lower: float = 0.0):
+        lower: float = 0.0, label_weight: float = 0.0):
     """The ratio net trained by the pipeline's ratio loss on clean samples (the loss noises them), noise levels
-    log-uniform over s_range; with `lower`, on targets bootstrapped from lower x s."""
+    log-uniform over s_range; with `lower`, on targets bootstrapped from lower x s, mixed with the labels."""
     torch.manual_seed(seed)
     net = build_ratio_net(ratio_config(denoiser_config(NET, SIDE, 1, 0, 0.5), *design))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.0, 0.999))
     lo, hi = map(math.log, s_range)
-    bootstrap = Bootstrap(net, lower, 0.0, s_range[0]) if lower else None
+    bootstrap = Bootstrap(net, lower, label_weight, s_range[0]) if lower else None
     for _ in range(steps):
         s = torch.exp(lo + torch.rand(256) * (hi - lo))
         images = [target.sample(w, 256, torch.zeros_like(s)).view(-1, 1, SIDE, SIDE) for w in ("q", "p")]
@@ -105,7 +105,7 @@ def test_two_gaussians_level_by_level():
 def mixture_nets():
     target = NarrowMixture()
     nets = {design: fit(target, design, (0.005, 5.0)) for design in (NEW, OLD)}
-    nets[BOOTSTRAPPED] = fit(target, NEW, (0.005, 5.0), lower=0.5)
+    nets[BOOTSTRAPPED] = fit(target, NEW, (0.005, 5.0), lower=0.5, label_weight=0.5)
     return target, nets
 
 
