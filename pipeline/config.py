@@ -236,8 +236,8 @@ class TrainParams(LoopParams):
     ratio_level_weighting: Literal["none", "balanced"]  # DiffRatio: weight each level's ratio loss by 1 / c_logit(s)
     ratio_r1: float = Field(ge=0)  # gamma of the R1 penalty on real data (ratio_losses.py); vsd ignores it
     ratio_bootstrap: BootstrapParams  # DiffRatio: the ratio loss's targets; vsd ignores it
-    ratio_r1_interval: int = Field(ge=1)  # R1 on every k-th ratio-net update only, its weight times k (lazy
-    # regularisation: the same penalty per update on average, its double backward on 1 update in k)
+    ratio_r1_subsample: int = Field(ge=1)  # R1 on one real sample in k of each batch (its mean over them: the same
+    # penalty in expectation, its double backward on 1/k of the rows)
     ratio_augment: AugmentParams  # DiffRatio: augment the ratio net's inputs; vsd ignores it
     diagnostic_levels: int = Field(ge=2)  # noise levels (log-spaced over auxiliary_noise's range) of the diagnostics
     diagnostic_samples: int = Field(ge=2)  # held-out real and generated samples per level (and per batch of the

@@ -167,6 +167,31 @@ def test_r1_penalty_is_half_gamma_times_the_squared_input_gradient_and_trains_th
     torch.testing.assert_close(grad_penalised - grad_plain, 3.0 * sigma.square().mean() * 0.7 * 4)
 
 
+def test_subsampled_r1_is_the_mean_over_every_kth_row_however_the_batch_is_split():
+    """train.ratio_r1_subsample k: the penalty on the rows 0, k, 2k, ... of the global batch, through a forward pass
+    of their own; passes (or processes) of any size add up, weighted by their rows, to the mean over those rows.
+    On d(x) = a * sum(x) * s that mean is a^2 * D * mean(s^2) over the penalised rows exactly."""
+    a = torch.tensor(0.7, requires_grad=True)
+
+    def net(x, sigma, labels):
+        return a * x.flatten(1).sum(dim=1) * sigma
+
+    n, k = 12, 4
+    fake, real, sigma = torch.randn(n, 1, 2, 2), torch.randn(n, 1, 2, 2), torch.exp(torch.randn(n))
+    draws = Draws(n, torch.device("cpu"))
+    expected = 0.7**2 * 4 * sigma[::k].square().mean()
+
+    def r1(rows):
+        return ratio_loss(net, fake[rows], real[rows], None, sigma[rows], draws.select(rows), r1=1.0,
+                          r1_subsample=k)[1]["r1"] * (rows.stop - rows.start) / n
+    torch.testing.assert_close(r1(slice(0, n)), expected)
+    torch.testing.assert_close(r1(slice(0, 5)) + r1(slice(5, 9)) + r1(slice(9, 12)), expected)
+    whole, _ = ratio_loss(net, fake, real, None, sigma, draws.select(slice(0, n)), r1=1.0, r1_subsample=k)
+    (grad,) = torch.autograd.grad(whole, a)  # the penalty trains the net through its double backward
+    (plain,) = torch.autograd.grad(ratio_loss(net, fake, real, None, sigma, draws.select(slice(0, n)))[0], a)
+    torch.testing.assert_close(grad - plain, 0.7 * 4 * sigma[::k].square().mean())
+
+
 def test_balanced_ratio_loss_does_not_depend_on_how_the_batch_is_split():
     """The balanced level weighting divides by a constant of the params, not by the batch's own weight sum: the mean
     of two halves' losses (two processes, or two accumulation passes) is the whole batch's loss."""

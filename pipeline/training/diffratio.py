@@ -54,11 +54,8 @@ class DiffRatioTraining(OneStepTraining):
         x_real = augment(x_real, self.p.ratio_augment, draws)
         sigma = sample_noise_levels(draws, self.p.auxiliary_noise)
         scale = logit_scale(sigma, SIGMA_DATA, self.p.ratio_net.logit_scale)
-        # lazy R1: the penalty on every ratio_r1_interval-th update, weighted by the interval
-        lazy = self.p.ratio_r1_interval
-        r1 = self.p.ratio_r1 * lazy if self.auxiliary_update % lazy == 0 else 0.0
-        loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, r1, scale,
-                                  self.balanced_mean, self.bootstrap)
+        loss, logits = ratio_loss(self.run["ratio"], x_fake, x_real, labels, sigma, draws, self.p.ratio_r1, scale,
+                                  self.balanced_mean, self.bootstrap, self.p.ratio_r1_subsample)
         # AUC, not accuracy at d = 0: a shift of every logit moves the two accuracies apart
         return loss, {"ratio_loss": loss, "auc": auc(logits["d_fake"], logits["d_real"]),
                       "d_real": logits["d_real"].mean(),

@@ -26,7 +26,6 @@ from pipeline.training.task import TrainingTask, adam
 
 class OneStepTraining(TrainingTask, ABC):
     auxiliary: str  # the name of the auxiliary network in `networks`, checkpoints and artifacts
-    auxiliary_update = 0  # which update of the auxiliary net is under way (set by `step`)
 
     @abstractmethod
     def trained_with(self) -> dict:
@@ -151,13 +150,10 @@ class OneStepTraining(TrainingTask, ABC):
         it was initialised."""
         auxiliary = self.networks[self.auxiliary]
         auxiliary.requires_grad_(True)
-        skipped, logs = 0, {}
-        for k in range(self.p.auxiliary_steps):
-            # the auxiliary net's update count since the start, from `images`: the same after a resume
-            self.auxiliary_update = images // self.p.batch_size * self.p.auxiliary_steps + k
-            update_logs, _ = self.update(self.auxiliary, self.auxiliary_loss)
-            skipped += update_logs.pop("skipped")
-            logs.update(update_logs)  # the last update's values, and any an update logs only at times (lazy R1)
+        skipped = 0
+        for _ in range(self.p.auxiliary_steps):
+            logs, _ = self.update(self.auxiliary, self.auxiliary_loss)
+            skipped += logs.pop("skipped")
         auxiliary.requires_grad_(False)
         if images < self.p.auxiliary_warmup_images:
             return {**logs, "skipped": skipped}

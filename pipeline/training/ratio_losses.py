@@ -49,7 +49,7 @@ class Bootstrap:
 
 def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.Tensor | None,
                sigma: torch.Tensor, draws: Draws, r1: float = 0.0, scale: torch.Tensor | None = None,
-               balanced_mean: float | None = None, bootstrap: Bootstrap | None = None
+               balanced_mean: float | None = None, bootstrap: Bootstrap | None = None, r1_subsample: int = 1
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean loss and per-sample logits (d_fake, d_real) for diagnostics; the noise comes from `draws`. `scale` is
     the ratio net's c_logit(s) per sample (pipeline/networks/ratio_net.py; default 1). With `balanced_mean`, the
@@ -63,7 +63,10 @@ def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.
     head's output d / c_logit(s):
         r1 / 2 * E[ |grad_x d(x0 + s eps', s) / c_logit(s)|^2 ]
     It flattens d around the real samples, which a net that memorises its training images makes steep. It is not
-    weighted by s^2: memorising happens at the smallest noise levels, where s^2 would switch it off."""
+    weighted by s^2: memorising happens at the smallest noise levels, where s^2 would switch it off. With
+    r1_subsample k > 1 it is estimated on the real samples whose row of the global batch is a multiple of k, through
+    a forward pass of their own: the same penalty in expectation, its double backward on 1/k of the rows (the
+    estimate scaled so that passes and processes add up to the mean over those rows, however the batch is split)."""
     s = sigma.view(-1, *([1] * (x_fake.dim() - 1)))
     scale = torch.ones_like(sigma) if scale is None else scale
     if bootstrap is None:
@@ -73,7 +76,7 @@ def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.
         (x_fake_s, t_fake), (x_real_s, t_real) = (
             _bootstrapped(x.detach(), label, labels, sigma, draws, bootstrap) for x, label in ((x_fake, 1.0), (x_real, 0.0)))
     d_fake = ratio(x_fake_s, sigma, labels)
-    x_real_s = x_real_s.requires_grad_(r1 > 0)
+    x_real_s = x_real_s.requires_grad_(r1 > 0 and r1_subsample == 1)
     d_real = ratio(x_real_s, sigma, labels)
     weight = torch.ones_like(scale) if balanced_mean is None else 1 / (scale * balanced_mean)
     pairs = (pair_losses(d_fake, d_real) if bootstrap is None
@@ -81,11 +84,27 @@ def ratio_loss(ratio, x_fake: torch.Tensor, x_real: torch.Tensor, labels: torch.
     loss = (pairs * weight).mean()
     out = {"d_fake": d_fake.detach(), "d_real": d_real.detach()}
     if r1 > 0:
-        (grad,) = torch.autograd.grad(d_real.sum(), x_real_s, create_graph=True)
-        out["r1"] = (grad.flatten(1) / scale[:, None]).square().sum(dim=1).mean()
+        out["r1"] = (_r1(d_real, x_real_s, scale) if r1_subsample == 1
+                     else _r1_subsampled(ratio, x_real_s, sigma, labels, scale, draws, r1_subsample))
         loss = loss + 0.5 * r1 * out["r1"]
         out["r1"] = out["r1"].detach()
     return loss, out
+
+
+def _r1(d: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The mean over rows of |grad_x d / c_logit(s)|^2, with the graph for its own backward."""
+    (grad,) = torch.autograd.grad(d.sum(), x, create_graph=True)
+    return (grad.flatten(1) / scale[:, None]).square().sum(dim=1).mean()
+
+
+def _r1_subsampled(ratio, x_real_s: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
+                   scale: torch.Tensor, draws: Draws, k: int) -> torch.Tensor:
+    rows = torch.arange(draws.size, device=sigma.device)[draws.rows] % k == 0
+    if not rows.any():
+        return sigma.new_zeros(())
+    x = x_real_s.detach()[rows].requires_grad_(True)
+    d = ratio(x, sigma[rows], None if labels is None else labels[rows])
+    return _r1(d, x, scale[rows]) * rows.sum() * k / len(rows)
 
 
 def _bootstrapped(x0: torch.Tensor, label: float, labels: torch.Tensor | None, sigma: torch.Tensor, draws: Draws,
