@@ -146,7 +146,7 @@ ABLATION = {
     # (its double backward is half a ratio step); that with the lighter ratio net; targets bootstrapped from half
     # the level, half the label's; the generator's rate doubled (fewer steps, or further with each).
     "r1_subsample4": {"train.ratio_r1_subsample": 4},
-    "light_critic": {"train.ratio_net.encoder_blocks": 3, "train.ratio_r1_subsample": 4},
+    "light_critic_r1_subsample4": {"train.ratio_net.encoder_blocks": 3, "train.ratio_r1_subsample": 4},
     "bootstrap": {"train.ratio_bootstrap.lower": 0.5, "train.ratio_bootstrap.label_weight": 0.5},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
