@@ -161,6 +161,21 @@ def test_the_suite_on_sets_of_known_quality():
     assert shifted["precision"] < fresh["precision"] and shifted["density"] < fresh["density"]
 
 
+def test_tail_recall_sees_a_set_that_drops_the_sparse_part_of_the_real_manifold():
+    """Real images: a dense cluster and a sparse one (a fifth of them). A set drawn from the dense cluster only keeps
+    most of prdc's recall (the dense four fifths) but almost none of recall_tail; fresh draws of both keep both."""
+    rng = np.random.default_rng(0)
+
+    def draw(n_dense, n_sparse):
+        return np.concatenate([rng.normal(0, 0.3, size=(n_dense, 2)), rng.normal(6, 2.0, size=(n_sparse, 2))])
+    real = draw(400, 100)
+    ref = reference_of(real)
+    dense_only = metrics.score_set(rng.normal(0, 0.3, size=(100, 2)), ref, 5, 5, seed=0)
+    both = metrics.score_set(draw(80, 20), ref, 5, 5, seed=0)
+    assert dense_only["recall"] > 0.6 and dense_only["recall_tail"] < 0.1  # a few of the dense cluster's outskirts
+    assert both["recall_tail"] > 0.5
+
+
 def test_rows_are_summarised_against_the_floor_and_paired():
     floor = [{"s": {"fd": f, "kid": 0.0, "kid_subset_sd": 0.1}, "class_consistency": 1.0} for f in (1.0, 2.0, 3.0)]
     row = [{"s": {"fd": f, "kid": 0.1, "kid_subset_sd": 0.3}, "class_consistency": 0.5} for f in (2.0, 4.0, 6.0)]

@@ -18,7 +18,7 @@ def _row(fid: dict, name: str, floor: dict, teacher: dict | None, distance: str,
     out = {distance: row["fd"], f"{distance}_x_floor": row["fd"] / floor["fd"]}
     if teacher is not None:
         out[f"{distance}_x_teacher"] = row["fd"] / teacher["fd"]
-    return {**out, "recall": row["recall"], "coverage": row["coverage"]}
+    return {**out, "recall": row["recall"], "recall_tail": row["recall_tail"], "coverage": row["coverage"]}
 
 
 def headline(fid: dict, scale: dict, train: dict) -> dict:
@@ -32,7 +32,8 @@ def headline(fid: dict, scale: dict, train: dict) -> dict:
                          "precision": fid["generator"][primary]["precision"]},
            "generator_init": _row(fid, "generator_init", floor, teacher, distance, primary),
            "teacher": _row(fid, "teacher", floor, None, distance, primary),
-           "real_floor": {distance: floor["fd"], "recall": floor["recall"], "coverage": floor["coverage"]}}
+           "real_floor": {distance: floor["fd"], "recall": floor["recall"], "recall_tail": floor["recall_tail"],
+                          "coverage": floor["coverage"]}}
     scored = [int(key[1:]) for key in scale if key.startswith("n") and key[1:].isdigit()]
     n = max((k for k in scored if k <= VERIFIER_N), default=1)
     if n > 1:

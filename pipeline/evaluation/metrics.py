@@ -7,6 +7,9 @@ Per set (features of its images against the reference of the space):
     precision, recall, density, coverage
                    Naeem et al. 2020 with k = nearest_k, from the authors' `prdc` package; the real manifold
                    is the reference features (a seeded subset of the training split)
+    recall_tail    recall over the sparsest fifth of the real manifold only (the real images whose k-th nearest
+                   real neighbour is farthest, by prdc's own radii): where a generator that seeks modes loses its
+                   recall first, while it still covers the dense regions as the real floor does
     nn_distance    mean distance of an image to its nearest reference (training) image
     copy_fraction  the fraction of images nearer a training image than all but `copy_quantile` of the
                    held-out real images are: near-copies of the training set
@@ -26,14 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 from cleanfid.fid import kernel_distance
 from prdc import compute_prdc
+from prdc.prdc import compute_nearest_neighbour_distances
 from sklearn.metrics import pairwise_distances
 
 from pipeline import randomness
 from pipeline.evaluation.frechet import frechet_distance, moments
 
 # name: the direction in which it is better (None: neither; e.g. nn_distance is low for copies, high for junk)
-METRICS = {"fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher", "density": "higher",
-           "coverage": "higher", "nn_distance": None, "copy_fraction": "lower"}
+METRICS = {"fd": "lower", "kid": "lower", "precision": "higher", "recall": "higher", "recall_tail": "higher",
+           "density": "higher", "coverage": "higher", "nn_distance": None, "copy_fraction": "lower"}
+TAIL = 0.2  # recall_tail: the sparsest fifth of the real manifold
 SET_METRICS = (*METRICS, "kid_subset_sd")  # what `score_set` returns
 
 
@@ -63,6 +68,16 @@ def kid_per_subset(real: np.ndarray, features: np.ndarray, subsets: int, seed: i
         np.random.set_state(state)
 
 
+def tail_recall(real: np.ndarray, features: np.ndarray, nearest_k: int) -> float:
+    """prdc's recall counted over the sparsest TAIL of the real features only (by their k-NN radius among themselves,
+    prdc's own real radii): a real image is recalled when it lies inside some generated image's k-NN ball."""
+    real_radii = compute_nearest_neighbour_distances(real, nearest_k)
+    tail = real_radii >= np.quantile(real_radii, 1 - TAIL)
+    fake_radii = compute_nearest_neighbour_distances(features, nearest_k)
+    inside = pairwise_distances(real[tail], features) < fake_radii[None, :]
+    return float(inside.any(axis=1).mean())
+
+
 def score_set(features: np.ndarray, ref: SpaceReference, kid_subsets: int, nearest_k: int, seed: int) -> dict:
     """Every metric of one set of features [n, d] (n > nearest_k)."""
     kid = kid_per_subset(ref.real, features, kid_subsets, seed)
@@ -72,6 +87,7 @@ def score_set(features: np.ndarray, ref: SpaceReference, kid_subsets: int, neare
     return {"fd": frechet_distance(moments(features), (ref.mu, ref.sigma)),
             "kid": float(kid.mean()), "kid_subset_sd": float(kid.std(ddof=1)) if len(kid) > 1 else 0.0,
             **{name: float(value) for name, value in prdc.items()},
+            "recall_tail": tail_recall(ref.real, features, nearest_k),
             "nn_distance": float(nearest.mean()), "copy_fraction": float((nearest < ref.copy_threshold).mean())}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-COLUMNS = ("fd", "kid", "precision", "recall", "density", "coverage", "copy_fraction")
+COLUMNS = ("fd", "kid", "precision", "recall", "recall_tail", "density", "coverage", "copy_fraction")
 
 
 def cell(values: dict, name: str, digits: str = ".3g") -> str:

@@ -152,7 +152,8 @@ ABLATION = {
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
 PREFIX = "claims"
-SUITE = ("fd", "kid", "precision", "recall", "density", "coverage", "nn_distance")  # of the generator row
+# of the generator row
+SUITE = ("fd", "kid", "precision", "recall", "recall_tail", "density", "coverage", "nn_distance")
 RESOLVED = 2.0  # a paired difference is resolved beyond this many sds (over seeds) from zero
 
 
@@ -268,8 +269,9 @@ def run_record(fid: dict, scale: dict | None, train: dict | None, verifier: dict
     0.5) and between training and held-out real images (memorising: away from 0.5)."""
     space = fid["primary"]
     row = fid["generator"][space]
-    record = {name: row[name] for name in SUITE}
-    record.update({f"{name}_eval_sd": row[f"{name}_sd"] for name in SUITE})
+    scored = [name for name in SUITE if name in row]  # runs from before recall_tail lack it
+    record = {name: row[name] for name in scored}
+    record.update({f"{name}_eval_sd": row[f"{name}_sd"] for name in scored})
     record["class_consistency"] = fid["generator"].get("class_consistency")
     record["fd_over_teacher"] = fid["generator_vs_teacher"]["fd_ratio"]
     if scale and "n8" in scale:
@@ -320,6 +322,8 @@ def compare(variant_runs: dict[int, dict], base_runs: dict[int, dict]) -> dict:
     seeds = sorted(set(variant_runs) & set(base_runs))
     out = {}
     for name in SUITE:
+        if any(name not in runs[s] for runs in (variant_runs, base_runs) for s in seeds):
+            continue
         if name == "kid":
             values = [variant_runs[s][name] - base_runs[s][name] for s in seeds]
             centre, key = 0.0, "kid_minus"
