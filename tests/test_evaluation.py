@@ -174,6 +174,10 @@ def test_tail_recall_sees_a_set_that_drops_the_sparse_part_of_the_real_manifold(
     both = metrics.score_set(draw(80, 20), ref, 5, 5, seed=0)
     assert dense_only["recall"] > 0.6 and dense_only["recall_tail"] < 0.1  # a few of the dense cluster's outskirts
     assert both["recall_tail"] > 0.5
+    fake = draw(80, 20)
+    fifths = metrics.recall_by_density(real, fake, 5, 5)  # equal shares of the 500 real images: prdc's recall on average
+    assert np.mean(fifths) == pytest.approx(compute_prdc(real, fake, 5)["recall"])
+    assert fifths[-1] == metrics.score_set(fake, ref, 5, 5, seed=0)["recall_tail"]
 
 
 def test_rows_are_summarised_against_the_floor_and_paired():

@@ -68,14 +68,15 @@ def kid_per_subset(real: np.ndarray, features: np.ndarray, subsets: int, seed: i
         np.random.set_state(state)
 
 
-def tail_recall(real: np.ndarray, features: np.ndarray, nearest_k: int) -> float:
-    """prdc's recall counted over the sparsest TAIL of the real features only (by their k-NN radius among themselves,
-    prdc's own real radii): a real image is recalled when it lies inside some generated image's k-NN ball."""
+def recall_by_density(real: np.ndarray, features: np.ndarray, nearest_k: int, bins: int) -> list[float]:
+    """prdc's recall counted within each of `bins` equal shares of the real features, from the densest to the
+    sparsest (by their k-NN radius among themselves, prdc's own real radii): a real image is recalled when it lies
+    inside some generated image's k-NN ball."""
     real_radii = compute_nearest_neighbour_distances(real, nearest_k)
-    tail = real_radii >= np.quantile(real_radii, 1 - TAIL)
     fake_radii = compute_nearest_neighbour_distances(features, nearest_k)
-    inside = pairwise_distances(real[tail], features) < fake_radii[None, :]
-    return float(inside.any(axis=1).mean())
+    recalled = (pairwise_distances(real, features) < fake_radii[None, :]).any(axis=1)
+    share = np.argsort(np.argsort(real_radii, kind="stable"), kind="stable") * bins // len(real)  # rank -> bin
+    return [float(recalled[share == b].mean()) for b in range(bins)]
 
 
 def score_set(features: np.ndarray, ref: SpaceReference, kid_subsets: int, nearest_k: int, seed: int) -> dict:
@@ -87,7 +88,7 @@ def score_set(features: np.ndarray, ref: SpaceReference, kid_subsets: int, neare
     return {"fd": frechet_distance(moments(features), (ref.mu, ref.sigma)),
             "kid": float(kid.mean()), "kid_subset_sd": float(kid.std(ddof=1)) if len(kid) > 1 else 0.0,
             **{name: float(value) for name, value in prdc.items()},
-            "recall_tail": tail_recall(ref.real, features, nearest_k),
+            "recall_tail": recall_by_density(ref.real, features, nearest_k, round(1 / TAIL))[-1],
             "nn_distance": float(nearest.mean()), "copy_fraction": float((nearest < ref.copy_threshold).mean())}
 
 
