@@ -36,7 +36,7 @@ Stage-2 variants of the default params (the claims' variants, pipeline/experimen
 of its own, one after another; their time against the default's and stage 2's predicted training time (steps x
 step time, diagnostics and start-up not counted):
 
-    python -m pipeline.experiments.benchmark --stage2 diffratio lazy_r1 light_critic --out metrics/bench_stage2.json
+    python -m pipeline.experiments.benchmark --stage2 diffratio r1_subsample4 light_critic_r1_subsample4 --out metrics/bench_stage2.json
 
 Presets run at compute.precision on CUDA and in fp32 on the CPU. `--batch` is the batch of every preset
 measurement (default: the preset's per-process training batch on CUDA, 4 on the CPU). Figures depend on
