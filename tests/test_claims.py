@@ -1,5 +1,9 @@
 """The claims report: records from an experiment's metrics, seed-by-seed comparisons and their verdicts."""
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from pipeline.experiments import claims
@@ -76,13 +80,26 @@ def test_an_experiment_counts_only_with_the_params_the_variant_asks_for(tmp_path
     assert claims.matching([("a", expected), ("b", stale)], None) == "b"  # --any-params: the name alone
 
 
-def test_the_walk_finds_finished_experiments_with_their_params():
-    show = [{"rev": "base", "experiments": [
-        {"name": "claims-dikl-s1", "executor": {"state": "success"},
-         "revs": [{"name": "claims-dikl-s1", "rev": "c1", "data": {"params": {"params.yaml": {"data": {
-             "divergence": "dikl", "train": {"seed": 1}}}}}}]},
-        {"name": "claims-dikl-s2", "executor": {"state": "failed"},
-         "revs": [{"name": "claims-dikl-s2", "rev": "c2", "data": {}}]}]}]
-    found = {}
-    claims._walk(show, found)
-    assert found == {"claims-dikl-s1": [("c1", {"divergence": "dikl", "train.seed": 1})]}
+def test_finished_experiments_are_read_from_their_git_refs(tmp_path, monkeypatch):
+    """A finished experiment is a ref refs/exps/<baseline 2/38>/<name> on a commit holding its params.yaml; other
+    refs under refs/exps (the queue's stash, other names) are not experiments of this tool."""
+    monkeypatch.chdir(tmp_path)
+
+    def git(*args: str) -> str:
+        env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True,
+                              env={**os.environ, **env}).stdout.strip()
+
+    git("init", "-q")
+    commits = []
+    for seed in (1, 2):
+        Path("params.yaml").write_text(f"divergence: dikl\ntrain:\n  seed: {seed}\n")
+        git("add", "params.yaml")
+        git("commit", "-qm", f"seed {seed}")
+        commits.append(git("rev-parse", "HEAD"))
+    git("update-ref", f"refs/exps/ab/{'c' * 38}/claims-dikl-s1", commits[0])
+    git("update-ref", f"refs/exps/ab/{'c' * 38}/other-s2", commits[1])
+    git("update-ref", "refs/exps/celery/stash", commits[1])
+    assert claims.finished() == {"claims-dikl-s1": [(commits[0], {"divergence": "dikl", "train.seed": 1})]}
+
+
