@@ -99,12 +99,15 @@ def _r1(d: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def _r1_subsampled(ratio, x_real_s: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None,
                    scale: torch.Tensor, draws: Draws, k: int) -> torch.Tensor:
-    rows = torch.arange(draws.size, device=sigma.device)[draws.rows] % k == 0
-    if not rows.any():
+    # the rows from the batch's layout, not from a tensor's values: shape-only tracing (the memory ledger) follows it
+    global_rows = range(*draws.rows.indices(draws.size))
+    picked = [i for i, row in enumerate(global_rows) if row % k == 0]
+    if not picked:
         return sigma.new_zeros(())
+    rows = torch.tensor(picked, device=sigma.device)
     x = x_real_s.detach()[rows].requires_grad_(True)
     d = ratio(x, sigma[rows], None if labels is None else labels[rows])
-    return _r1(d, x, scale[rows]) * rows.sum() * k / len(rows)
+    return _r1(d, x, scale[rows]) * len(picked) * k / len(global_rows)
 
 
 def _bootstrapped(x0: torch.Tensor, label: float, labels: torch.Tensor | None, sigma: torch.Tensor, draws: Draws,
