@@ -134,17 +134,26 @@ def test_cuda_attention_and_autocast_as_on_a_gpu():
 
 @pytest.mark.slow
 def test_default_configuration_gives_a_positive_ratio_with_r1_counted():
-    result = ledger.configuration_ledger("default", [1, 2])
-    for batch in ("1", "2"):
+    # R1 on one real row in four: affine over multiples of 4 (traced at 4 and 8, checked at 12), 1 and 2 traced
+    result = ledger.configuration_ledger("default", [1, 2, 12])
+    for batch in ("1", "2", "12"):
         row = result["batches"][batch]
         assert 0 < row["diffratio_over_vsd"] < row["diffratio_over_vsd_with_idle_teacher"]
         for method in ("diffratio", "vsd"):
             assert row[method]["peak"] > row[method]["state"] > 0
         assert row["diffratio"]["steps"]["ratio"]["r1_saved"] > 0  # R1's double backward keeps more
-        # the lighter ratio net (3 of the digits' 5 encoder blocks) holds less state and peaks no higher
-        assert row["diffratio_light"]["state"] < row["diffratio"]["state"]
-        assert row["diffratio_light"]["peak"] <= row["diffratio"]["peak"]
+        # the default ratio net is the lighter one (3 of the digits' 5 encoder blocks): one network, one count
+        light, default = row["diffratio_light"], row["diffratio"]
+        assert (light["state"], light["peak"]) == (default["state"], default["peak"])
+        for step in ("ratio", "generator"):
+            assert light["steps"][step]["saved"] == default["steps"][step]["saved"]
     assert result["light_ratio"]["encoder_blocks"] == 3 and result["light_ratio"]["of_blocks"] == 5
-    assert result["light_ratio"]["parameters"] < result["ratio_parameters"] < result["teacher_parameters"]
+    assert result["light_ratio"]["parameters"] == result["ratio_parameters"] < 0.25 * result["teacher_parameters"]
     assert result["batches"]["2"]["vsd"]["peak"] > result["batches"]["1"]["vsd"]["peak"]
+    assert (result["batches"]["2"]["diffratio"]["steps"]["ratio"]["r1_saved"]
+            == result["batches"]["1"]["diffratio"]["steps"]["ratio"]["r1_saved"])  # one R1 row at batch 1 and 2
+    # with the whole encoder (the photographs' preset), the lighter ratio net holds less and peaks no higher
+    whole = ledger.configuration_ledger("photos", [1])["batches"]["1"]
+    assert whole["diffratio_light"]["state"] < whole["diffratio"]["state"]
+    assert whole["diffratio_light"]["peak"] <= whole["diffratio"]["peak"]
     assert "default" in ledger.markdown({"machine": "test", "seconds": 0.0, "configurations": {"default": result}})

@@ -98,8 +98,10 @@ def test_dvc_repro_runs_the_whole_pipeline(repo):
         assert {"fd", "fd_sd", "kid", "kid_sd", "precision", "recall", "density", "coverage", "nn_distance",
                 "copy_fraction"} <= set(metrics[row][space]) and "class_consistency" in metrics[row]
     assert metrics["teacher"][space]["fd_over_floor"] > 0 and "fd_ratio" in metrics["generator_vs_teacher"]
-    # A short seeded DiffRatio run at least halves the FD of the generator it starts from (measured: 3.5x).
-    assert metrics["generator"][space]["fd"] < 0.5 * metrics["generator_init"][space]["fd"]
+    # A short seeded DiffRatio run cuts the FD of the generator it starts from by at least a third (measured: 1.9x
+    # with the default light critic, 3.5x with the whole encoder and R1 on every row; the critics' quality is
+    # compared over seeds in docs/critic.md, not here).
+    assert metrics["generator"][space]["fd"] < 0.67 * metrics["generator_init"][space]["fd"]
     for grid in ("teacher", "generator_init", "generator", "scaled"):
         assert (repo / f"metrics/grids/{grid}.png").stat().st_size > 0
     verifier = json.loads((repo / "metrics/verifier.json").read_text())

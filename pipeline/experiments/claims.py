@@ -144,11 +144,11 @@ ABLATION = {
     "ratio_encoder_blocks3": {"train.ratio_net.encoder_blocks": 3},
     "ratio_encoder_blocks2": {"train.ratio_net.encoder_blocks": 2},
     # Stage 2 within the time budget of the slowest 2-core machine (docs/critic.md): R1 on one real sample in four
-    # (its double backward is half a ratio step); that with the lighter ratio net; targets bootstrapped from half
-    # the level, half the label's.
+    # (its double backward is half a ratio step); that with the lighter ratio net (the default since); targets
+    # bootstrapped from half the level, half the label's.
     "r1_subsample4": {"train.ratio_r1_subsample": 4},
     "light_critic_r1_subsample4": {"train.ratio_net.encoder_blocks": 3, "train.ratio_r1_subsample": 4},
-    # The default critic named apart, for held-out runs made while the light critic was the default (seeds 16, 17).
+    # The earlier default critic (the whole encoder, R1 on every real sample), for comparisons with the light one.
     "previous_critic": {"train.ratio_net.encoder_blocks": "all", "train.ratio_r1_subsample": 1},
     "bootstrap": {"train.ratio_bootstrap.lower": 0.5, "train.ratio_bootstrap.label_weight": 0.5},
 }

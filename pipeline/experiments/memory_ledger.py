@@ -257,37 +257,39 @@ def trace(loss_fn: Callable[[Draws], torch.Tensor], batch: int, device: torch.de
     return result
 
 
-def step_counts(loss_fn: Callable[[Draws], torch.Tensor], device: torch.device, bf16: bool, batches: list[int]
-                ) -> tuple[dict[int, dict], list[torch.Tensor]]:
+def step_counts(loss_fn: Callable[[Draws], torch.Tensor], device: torch.device, bf16: bool, batches: list[int],
+                unit: int = 1) -> tuple[dict[int, dict], list[torch.Tensor]]:
     """A step's counts at every batch of `batches` and the leaves it reaches. Every storage a step makes has one
     size or one proportional to the batch, and its operations do not depend on it, so each count after each
-    operation is affine in the batch: traced at batches 1 and 2, the counts at any batch follow, the peak as the
-    largest of the extrapolated timeline. Checked against a direct trace at the largest batch; a mismatch is an
-    error."""
-    two = trace(loss_fn, 2, device, bf16)  # first: a module's first call may make what it caches (one more operation)
-    one = trace(loss_fn, 1, device, bf16)
+    operation is affine in the batch: traced at batches `unit` and 2 `unit`, the counts at any multiple of `unit`
+    follow, the peak as the largest of the extrapolated timeline. `unit` is k when the step takes one row in k
+    (R1 on a subsample: ceil(batch / k) rows, affine over multiples of k only); a batch that is no multiple of it
+    is traced directly. Checked against a direct trace at the largest batch; a mismatch is an error."""
+    two = trace(loss_fn, 2 * unit, device, bf16)  # first: a module's first call may make what it caches
+    one = trace(loss_fn, unit, device, bf16)
     if len(two["timeline"]) != len(one["timeline"]):
-        two = trace(loss_fn, 2, device, bf16)
+        two = trace(loss_fn, 2 * unit, device, bf16)
     if len(two["timeline"]) != len(one["timeline"]):
         raise PipelineError(f"the counts are not affine in the batch: the step makes {len(one['timeline'])} "
-                            f"operations at batch 1 and {len(two['timeline'])} at batch 2")
+                            f"operations at batch {unit} and {len(two['timeline'])} at batch {2 * unit}")
 
     def at(n: int) -> dict:
         def line(a, b):
-            return a + (n - 1) * (b - a)
+            return a + (n // unit - 1) * (b - a)
         saved = {k: int(line(one["saved"].get(k, 0), two["saved"].get(k, 0))) for k in one["saved"] | two["saved"]}
         return {"saved": saved, "saved_total": sum(saved.values()),
                 "loss_peak": int(line(one["timeline"], two["timeline"]).max()),
                 "live_after_loss": int(line(one["live_after_loss"], two["live_after_loss"]))}
-    counts = {n: at(n) for n in batches}
+
+    def traced(n: int) -> dict:
+        direct = trace(loss_fn, n, device, bf16)
+        return {"saved": direct["saved"], "saved_total": sum(direct["saved"].values()),
+                "loss_peak": int(direct["timeline"].max()), "live_after_loss": direct["live_after_loss"]}
+    counts = {n: at(n) if n % unit == 0 else traced(n) for n in batches}
     largest = max(batches)
-    if largest > 2:
-        direct = trace(loss_fn, largest, device, bf16)
-        direct = {"saved": direct["saved"], "saved_total": sum(direct["saved"].values()),
-                  "loss_peak": int(direct["timeline"].max()), "live_after_loss": direct["live_after_loss"]}
-        if direct != counts[largest]:
-            raise PipelineError(f"the counts are not affine in the batch: extrapolated {counts[largest]}, traced "
-                                f"{direct} at batch {largest}")
+    if largest > 2 * unit and largest % unit == 0 and (direct := traced(largest)) != counts[largest]:
+        raise PipelineError(f"the counts are not affine in the batch: extrapolated {counts[largest]}, traced "
+                            f"{direct} at batch {largest}")
     return counts, one["leaves"]
 
 
@@ -360,11 +362,17 @@ def step_losses(task: OneStepTraining) -> dict[str, Callable[[Draws], torch.Tens
     return {task.auxiliary: auxiliary, "generator": generator}
 
 
+def batch_unit(task: OneStepTraining) -> int:
+    """The batch over which a step's counts are affine: R1 on one real row in k takes ceil(batch / k) rows."""
+    p = task.p
+    return p.ratio_r1_subsample if task.auxiliary == "ratio" and p.ratio_r1 > 0 else 1
+
+
 def method_ledger(task: OneStepTraining, batches: list[int], device: torch.device, bf16: bool) -> dict[int, dict]:
     """One method's state, steps and peak (see the module's model of the peak) at each batch."""
     counts, updated = {}, {}
     for name, loss_fn in step_losses(task).items():
-        counts[name], leaves = step_counts(loss_fn, device, bf16, batches)
+        counts[name], leaves = step_counts(loss_fn, device, bf16, batches, batch_unit(task))
         own = {id(p) for p in task.networks[name].parameters()}
         updated[name] = [t for t in leaves if id(t) in own]
     weights = {name: tensor_bytes(net) for name, net in task.networks.items()}
