@@ -20,13 +20,12 @@ from pipeline.config import NetworkParams
 from pipeline.networks.models import denoiser_config
 from pipeline.networks.ratio_net import build_ratio_net, ratio_config
 from pipeline.randomness import Draws
-from pipeline.training.ratio_losses import Bootstrap, ratio_loss
+from pipeline.training.ratio_losses import ratio_loss
 
 pytestmark = pytest.mark.slow
 D, SIDE = 16, 4
 NET = NetworkParams(channels=16, channel_mult=[1], num_blocks=1, attn_resolutions=[], dropout=0.0)
 NEW, OLD = ("spatial", "inverse_sigma"), ("pooled", "none")
-BOOTSTRAPPED = ("spatial", "inverse_sigma", "bootstrapped")  # NEW, its targets half from half the level
 
 
 class Gaussians:
@@ -65,19 +64,17 @@ class NarrowMixture:
         return torch.autograd.grad(d.sum(), x)[0]
 
 
-def fit(target, design: tuple[str, str], s_range: tuple[float, float], steps: int = 2000, seed: int = 0,
-        lower: float = 0.0, label_weight: float = 0.0):
+def fit(target, design: tuple[str, str], s_range: tuple[float, float], steps: int, seed: int = 0):
     """The ratio net trained by the pipeline's ratio loss on clean samples (the loss noises them), noise levels
-    log-uniform over s_range; with `lower`, on targets bootstrapped from lower x s, mixed with the labels."""
+    log-uniform over s_range."""
     torch.manual_seed(seed)
     net = build_ratio_net(ratio_config(denoiser_config(NET, SIDE, 1, 0, 0.5), *design))
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.0, 0.999))
     lo, hi = map(math.log, s_range)
-    bootstrap = Bootstrap(net, lower, label_weight, s_range[0]) if lower else None
     for _ in range(steps):
         s = torch.exp(lo + torch.rand(256) * (hi - lo))
         images = [target.sample(w, 256, torch.zeros_like(s)).view(-1, 1, SIDE, SIDE) for w in ("q", "p")]
-        loss, _ = ratio_loss(net, *images, None, s, Draws(256, torch.device("cpu")), bootstrap=bootstrap)
+        loss, _ = ratio_loss(net, *images, None, s, Draws(256, torch.device("cpu")))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -95,7 +92,7 @@ def compare(net, target, s: float, n: int = 512) -> tuple[float, float]:
 
 
 def test_two_gaussians_level_by_level():
-    net = fit(Gaussians(), NEW, (0.05, 5.0))
+    net = fit(Gaussians(), NEW, (0.05, 5.0), steps=1000)  # cosines 0.94-0.98 at 1000 steps (seeds 0 and 1)
     for s in (0.05, 0.1, 0.3, 1.0, 2.0, 5.0):
         cosine, ratio = compare(net, Gaussians(), s)
         assert cosine > 0.9 and 0.5 < ratio < 2, f"s={s}: cosine {cosine:.2f}, norm ratio {ratio:.2f}"
@@ -103,22 +100,20 @@ def test_two_gaussians_level_by_level():
 
 @pytest.fixture(scope="module")
 def mixture_nets():
+    """Both designs at the same budget: 2000 steps (at 1400 the new design's cosine at s = 0.1 is still 0.80)."""
     target = NarrowMixture()
-    nets = {design: fit(target, design, (0.005, 5.0)) for design in (NEW, OLD)}
-    nets[BOOTSTRAPPED] = fit(target, NEW, (0.005, 5.0), lower=0.5, label_weight=0.5)
-    return target, nets
+    return target, {design: fit(target, design, (0.005, 5.0), steps=2000) for design in (NEW, OLD)}
 
 
-@pytest.mark.parametrize("design", [NEW, BOOTSTRAPPED])
-def test_narrow_mixture_level_by_level(mixture_nets, design):
+def test_narrow_mixture_level_by_level(mixture_nets):
     """Direction and magnitude where the optimal logit is learnable (|d*| from about 3 down to 0.4); magnitude,
-    within a factor of 2, where it is about zero. With labels and with targets bootstrapped from half the level."""
+    within a factor of 2, where it is about zero."""
     target, nets = mixture_nets
     for s in (0.005, 0.01, 0.03, 0.1):
-        cosine, ratio = compare(nets[design], target, s)
+        cosine, ratio = compare(nets[NEW], target, s)
         assert cosine > 0.85 and 0.5 < ratio < 2, f"s={s}: cosine {cosine:.2f}, norm ratio {ratio:.2f}"
     for s in (2.0, 5.0):
-        _, ratio = compare(nets[design], target, s)
+        _, ratio = compare(nets[NEW], target, s)
         assert 0.5 < ratio < 2, f"s={s}: norm ratio {ratio:.2f}"
 
 
