@@ -151,6 +151,9 @@ ABLATION = {
     # The earlier default critic (the whole encoder, R1 on every real sample), for comparisons with the light one.
     "previous_critic": {"train.ratio_net.encoder_blocks": "all", "train.ratio_r1_subsample": 1},
     "bootstrap": {"train.ratio_bootstrap.lower": 0.5, "train.ratio_bootstrap.label_weight": 0.5},
+    # Twice the duration lifted recall through the critic's updates, not the generator's reach (docs/critic.md):
+    # the same images in batches half as large, so both players take twice the updates at about the same cost.
+    "half_batch": {"train.batch_size": 64},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise
