@@ -67,6 +67,8 @@ def test_duration_variants_are_multiples_of_the_committed_duration():
     assert claims.settings("twice_as_long", 3, workspace)["train.duration_images"] == 2 * default
     assert claims.settings("four_times_as_long", 3, workspace) == {"train.duration_images": 4 * default,
                                                                   "train.seed": 3}
+    same_time = claims.settings("half_batch_same_time", 3, workspace)["train.duration_images"]
+    assert isinstance(same_time, int) and same_time == round(0.8 * default)  # a whole number of images
 
 
 def test_an_experiment_counts_only_with_the_params_the_variant_asks_for(tmp_path):
