@@ -161,6 +161,13 @@ def test_the_suite_on_sets_of_known_quality():
     assert shifted["precision"] < fresh["precision"] and shifted["density"] < fresh["density"]
 
 
+def test_the_suite_is_the_same_under_prdcs_own_parallel_jobs():
+    """score_set runs scikit-learn's distances sequentially; prdc as it ships asks joblib for 8 jobs."""
+    rng = np.random.default_rng(3)
+    ref, fake = reference_of(rng.normal(size=(300, 8))), rng.normal(0.2, 1, size=(60, 8))
+    assert metrics.score_set(fake, ref, 10, 5, seed=0) == metrics.score_set(fake, ref, 10, 5, seed=0, jobs_backend=None)
+
+
 def test_tail_recall_sees_a_set_that_drops_the_sparse_part_of_the_real_manifold():
     """Real images: a dense cluster and a sparse one (a fifth of them). A set drawn from the dense cluster only keeps
     most of prdc's recall (the dense four fifths) but almost none of recall_tail; fresh draws of both keep both."""

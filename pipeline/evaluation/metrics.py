@@ -26,6 +26,7 @@ import contextlib
 import io
 from dataclasses import dataclass
 
+import joblib
 import numpy as np
 from cleanfid.fid import kernel_distance
 from prdc import compute_prdc
@@ -79,16 +80,22 @@ def recall_by_density(real: np.ndarray, features: np.ndarray, nearest_k: int, bi
     return [float(recalled[share == b].mean()) for b in range(bins)]
 
 
-def score_set(features: np.ndarray, ref: SpaceReference, kid_subsets: int, nearest_k: int, seed: int) -> dict:
-    """Every metric of one set of features [n, d] (n > nearest_k)."""
-    kid = kid_per_subset(ref.real, features, kid_subsets, seed)
-    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
-        prdc = compute_prdc(ref.real, features, nearest_k)
-    nearest = nearest_distances(features, ref.real)
+def score_set(features: np.ndarray, ref: SpaceReference, kid_subsets: int, nearest_k: int, seed: int,
+              jobs_backend: str | None = "sequential") -> dict:
+    """Every metric of one set of features [n, d] (n > nearest_k). prdc asks scikit-learn for 8 jobs per distance
+    matrix; on sets of hundreds that is mostly joblib's overhead, so they run under `jobs_backend` (None: joblib's
+    default, prdc as it ships). The distances, and so the metrics, are the same (`benchmark --scoring` checks)."""
+    jobs = joblib.parallel_config(backend=jobs_backend) if jobs_backend else contextlib.nullcontext()
+    with jobs:
+        kid = kid_per_subset(ref.real, features, kid_subsets, seed)
+        with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes
+            prdc = compute_prdc(ref.real, features, nearest_k)
+        nearest = nearest_distances(features, ref.real)
+        tail = recall_by_density(ref.real, features, nearest_k, round(1 / TAIL))[-1]
     return {"fd": frechet_distance(moments(features), (ref.mu, ref.sigma)),
             "kid": float(kid.mean()), "kid_subset_sd": float(kid.std(ddof=1)) if len(kid) > 1 else 0.0,
             **{name: float(value) for name, value in prdc.items()},
-            "recall_tail": recall_by_density(ref.real, features, nearest_k, round(1 / TAIL))[-1],
+            "recall_tail": tail,
             "nn_distance": float(nearest.mean()), "copy_fraction": float((nearest < ref.copy_threshold).mean())}
 
 

@@ -38,6 +38,13 @@ step time, diagnostics and start-up not counted):
 
     python -m pipeline.experiments.benchmark --stage2 diffratio r1_subsample4 light_critic_r1_subsample4 --out metrics/bench_stage2.json
 
+Scoring a set (pipeline/evaluation/metrics.py's score_set: FD, KID, prdc, the tail's recall, nearest neighbours) with
+scikit-learn's distances under joblib's default backend (prdc as it ships asks for 8 jobs) and under the sequential
+one the stages use, side by side on the same features (the default's shapes: 1,297 reference features of 82
+dimensions, sets of 100); it fails unless both give the same metrics:
+
+    python -m pipeline.experiments.benchmark --scoring --out metrics/bench_scoring.json
+
 Presets run at compute.precision on CUDA and in fp32 on the CPU. `--batch` is the batch of every preset
 measurement (default: the preset's per-process training batch on CUDA, 4 on the CPU). Figures depend on
 the machine: the table names the device and the JSON records it.
@@ -54,6 +61,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -368,6 +376,34 @@ def encoding(device: torch.device, batch: int, repeats: int) -> dict:
             "images_per_second": batch / encode, "decode_images_per_second": batch / decode}
 
 
+def scoring(repeats: int, out: str, device_name: str) -> dict:
+    """score_set's time per set under joblib's default backend and the sequential one, alternating, on Gaussian
+    features of the default run's shapes; the metrics must agree exactly."""
+    # here, not at the top: clean-fid, prdc and scikit-learn add seconds to every per-method child process
+    from pipeline.evaluation.frechet import moments
+    from pipeline.evaluation.metrics import SpaceReference, score_set
+
+    rng = np.random.default_rng(0)
+    real, sets = rng.normal(size=(1297, 82)), [rng.normal(0.1, 1.0, size=(100, 82)) for _ in range(repeats)]
+    ref = SpaceReference(*moments(real), real, copy_threshold=1.0)
+    seconds, scores = {"default": [], "sequential": []}, {"default": [], "sequential": []}
+    for features in sets:
+        for name, backend in (("default", None), ("sequential", "sequential")):
+            start = time.perf_counter()
+            scores[name].append(score_set(features, ref, 100, 5, seed=0, jobs_backend=backend))
+            seconds[name].append(time.perf_counter() - start)
+    if scores["default"] != scores["sequential"]:
+        raise PipelineError("the two joblib backends gave different metrics")
+    median = {name: statistics.median(values[1:]) for name, values in seconds.items()}  # the first call warms up
+    result = {"device": device_name, "sets": repeats, "seconds_per_set": median,
+              "sequential_over_default": median["sequential"] / median["default"], "same_metrics": True}
+    write_json(out, result)
+    console.print(f"score_set on {device_name}: {median['default'] * 1e3:.0f} ms a set under joblib's default backend, "
+                  f"{median['sequential'] * 1e3:.0f} ms sequential ({result['sequential_over_default']:.2f}x), "
+                  f"the same metrics, over {repeats} sets -> {out}")
+    return result
+
+
 def report(result: dict) -> None:
     table = Table(title=f"measured side by side on {result['device']} ({result['threads']} threads)")
     for column in ("setting", "what", "value", "ratio"):
@@ -418,6 +454,7 @@ def main() -> None:
     parser.add_argument("--stage2", nargs="+", choices=list(claims.EVERY), metavar="VARIANT",
                         help="only stage-2 steps of these claims variants of the default params (the first is the "
                         "reference)")
+    parser.add_argument("--scoring", action="store_true", help="only score_set under two joblib backends")
     parser.add_argument("--step", choices=["diffratio", "vsd"], help=argparse.SUPPRESS)  # the per-method child
     parser.add_argument("--setting", default="default", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)  # the child's flat params
@@ -431,6 +468,9 @@ def main() -> None:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({cpu_model()})"
         if args.stage2:
             stage2_variants(args.stage2, args.steps, args.out, name)
+            return
+        if args.scoring:
+            scoring(args.repeats, args.out, name)
             return
         result = {"device": name, "threads": torch.get_num_threads(), "settings": {}}
         if args.append and Path(args.out).exists():
