@@ -396,7 +396,7 @@ def scoring(repeats: int, out: str, device_name: str) -> dict:
         raise PipelineError("the two joblib backends gave different metrics")
     median = {name: statistics.median(values[1:]) for name, values in seconds.items()}  # the first call warms up
     result = {"device": device_name, "sets": repeats, "seconds_per_set": median,
-              "sequential_over_default": median["sequential"] / median["default"], "same_metrics": True}
+              "sequential_over_default": median["sequential"] / median["default"]}
     write_json(out, result)
     console.print(f"score_set on {device_name}: {median['default'] * 1e3:.0f} ms a set under joblib's default backend, "
                   f"{median['sequential'] * 1e3:.0f} ms sequential ({result['sequential_over_default']:.2f}x), "
