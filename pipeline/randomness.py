@@ -52,6 +52,7 @@ STREAMS: dict[str, tuple[int, ...]] = {
     "stage2_diagnostic_images": (24,),  # the held-out images stage 2's diagnostics score
     "toy2d": (25,),  # torch: the 2-D toy (experiments/toy2d.py), per seed
     "benchmark_features": (26,),  # the Gaussian features `benchmark --scoring` scores
+    "critic_by_density": (27,),  # torch: the latents and noise of experiments/critic_by_density.py
 }
 
 

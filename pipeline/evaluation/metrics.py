@@ -73,11 +73,17 @@ def recall_by_density(real: np.ndarray, features: np.ndarray, nearest_k: int, bi
     """prdc's recall counted within each of `bins` equal shares of the real features, from the densest to the
     sparsest (by their k-NN radius among themselves, prdc's own real radii): a real image is recalled when it lies
     inside some generated image's k-NN ball."""
-    real_radii = compute_nearest_neighbour_distances(real, nearest_k)
     fake_radii = compute_nearest_neighbour_distances(features, nearest_k)
     recalled = (pairwise_distances(real, features) < fake_radii[None, :]).any(axis=1)
-    share = np.argsort(np.argsort(real_radii, kind="stable"), kind="stable") * bins // len(real)  # rank -> bin
+    share = density_bins(real, nearest_k, bins)
     return [float(recalled[share == b].mean()) for b in range(bins)]
+
+
+def density_bins(real: np.ndarray, nearest_k: int, bins: int) -> np.ndarray:
+    """Each real feature's share of the manifold, 0 (densest) to bins - 1 (sparsest), by the rank of its k-NN radius
+    among the real features themselves (prdc's real radii); equal shares."""
+    radii = compute_nearest_neighbour_distances(real, nearest_k)
+    return np.argsort(np.argsort(radii, kind="stable"), kind="stable") * bins // len(real)  # rank -> bin
 
 
 def score_set(features: np.ndarray, ref: SpaceReference, kid_subsets: int, nearest_k: int, seed: int,

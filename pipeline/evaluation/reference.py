@@ -154,9 +154,8 @@ def build_reference(out_dir: str | Path, params: Params, data: PreparedData, run
     weights = find_weights(p.inception_weights, p.inception_path) if inception else None
     if inception:
         extractors.append(inception_extractor(p.inception_weights, weights, runtime.device, p.inception_mode))
-    order = randomness.rng("reference_features", params.seed).permutation(len(train_labels))
-    reference_rows = np.sort(order[: p.max_features])
-    stats_rows = None if p.stats_images is None else np.sort(order[: p.stats_images])
+    reference_rows = reference_positions(params, len(train_labels))
+    stats_rows = None if p.stats_images is None else reference_positions(params, len(train_labels), p.stats_images)
     held_rows = np.sort(randomness.rng("reference_features", params.seed, 1).permutation(
         data.count(HOLDOUT))[: p.max_features])
     spaces, space_info = [], {}
@@ -227,6 +226,13 @@ def train_offline(params: Params, data: PreparedData, device: torch.device, prog
         offline.parts["autoencoder"].load_state_dict(trained.state_dict())
     offline.standardise(images, p.batch_size)
     return classifier, accuracy, offline.eval().requires_grad_(False), config
+
+
+def reference_positions(params: Params, num_train: int, count: int | None = None) -> np.ndarray:
+    """The training-split positions, sorted, whose features are a space's reference (`count` None:
+    reference.max_features of them); the statistics' subset is a prefix of the same seeded order."""
+    order = randomness.rng("reference_features", params.seed).permutation(num_train)
+    return np.sort(order[: params.reference.max_features if count is None else count])
 
 
 def space_reference(extractor: Extractor, stats: tuple[np.ndarray, np.ndarray], data: PreparedData,
