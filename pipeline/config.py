@@ -221,6 +221,8 @@ class TrainParams(LoopParams):
     init: Literal["teacher", "random"]  # the generator's starting weights: a copy of the score net, or fresh
     t_init: float = Field(gt=0)
     auxiliary_steps: int = Field(ge=1)  # auxiliary-net updates per generator update
+    auxiliary_against: Literal["online", "ema", "mixed"]  # the generator whose samples the auxiliary net learns
+    # from: the raw weights the generator loss differentiates, their EMA (the generator that is sampled), or half each
     weighting: Literal["s2", "uniform", "normalized"]  # w(s) of the generator loss
     logit_clamp: float = Field(gt=0)  # |d| bound inside h (difkl's exp(-d))
     auxiliary_noise: NoiseParams

@@ -19,6 +19,7 @@ from pipeline.networks.ratio_net import (
     ratio_config,
 )
 from pipeline.networks.unet import count_parameters
+from pipeline.randomness import Draws
 from pipeline.training.loop import run_training
 from pipeline.training.methods import build_task
 from tests.helpers import CPU, PARAMS, Interrupted, make_task, score_net
@@ -124,3 +125,30 @@ def test_diffratio_task_keeps_no_reference_to_the_teacher():
         assert (alive() is not None) == kept, method
         del task
 
+
+
+@pytest.mark.parametrize("method", ["diffratio", "vsd"])
+def test_the_auxiliary_net_learns_from_the_generator_it_is_told(method):
+    """train.auxiliary_against: the auxiliary net's generated samples come from the raw generator (online), from its
+    EMA (ema), or from the EMA on the global batch's even rows and the raw generator on the odd ones (mixed), drawn
+    from the same latents; once the two generators differ, so do their samples."""
+    task, _, _ = make_task(method, auxiliary_against="ema")
+    with torch.no_grad():
+        for q in task.networks["generator"].parameters():
+            q.add_(0.1)  # the raw weights move; the EMA stays at the initial generator
+    labels = torch.arange(6) % 10
+
+    def samples(against=None, generator=None):
+        torch.manual_seed(3)
+        draws = Draws(6, CPU.device)
+        if generator is not None:
+            return task.generate(labels, draws, generator)
+        task.p = task.p.model_copy(update={"auxiliary_against": against})
+        return task.auxiliary_samples(labels, draws)
+
+    with torch.no_grad():
+        ema, online = samples(generator=task.ema["generator"]), samples(generator=task.networks["generator"])
+    assert not torch.allclose(ema, online)
+    assert torch.equal(samples("ema"), ema) and torch.equal(samples("online"), online)
+    mixed = samples("mixed")
+    assert torch.allclose(mixed[0::2], ema[0::2]) and torch.allclose(mixed[1::2], online[1::2])

@@ -172,6 +172,10 @@ ABLATION = {
     # tuning seeds 0-1, 0.99x (lower on every seed) with FD 1.08x on held-out seeds 20-24 (docs/critic.md).
     "both_levels_up2": {"train.generator_noise.p_mean": -1.5, "train.auxiliary_noise.p_mean": -1.5},
     "both_levels_up3": {"train.generator_noise.p_mean": -1.0, "train.auxiliary_noise.p_mean": -1.0},
+    # The raw generator fills the sparse fifth of the real manifold about as the floor does and its EMA does not
+    # (critic_by_density), while the critic learns from the raw one: the critic judges the sampled (EMA) generator.
+    "critic_on_ema": {"train.auxiliary_against": "ema"},
+    "critic_on_both": {"train.auxiliary_against": "mixed"},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise

@@ -49,8 +49,7 @@ class DiffRatioTraining(OneStepTraining):
 
     def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x_real, labels = self.batch(draws)
-        with torch.no_grad():
-            x_fake = augment(self.generate(labels, draws), self.p.ratio_augment, draws)
+        x_fake = augment(self.auxiliary_samples(labels, draws), self.p.ratio_augment, draws)
         x_real = augment(x_real, self.p.ratio_augment, draws)
         sigma = sample_noise_levels(draws, self.p.auxiliary_noise)
         scale = logit_scale(sigma, SIGMA_DATA, self.p.ratio_net.logit_scale)

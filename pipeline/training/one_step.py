@@ -53,6 +53,22 @@ class OneStepTraining(TrainingTask, ABC):
         z = draws.randn(*self.data.sample_shape)
         return (self.networks["generator"] if generator is None else generator)(z, labels)
 
+    def auxiliary_samples(self, labels: torch.Tensor | None, draws: Draws) -> torch.Tensor:
+        """The generated samples the auxiliary net learns from (no gradient), per train.auxiliary_against: the raw
+        generator's (online), its EMA's (ema: the generator that is sampled), or the EMA's on the even rows of the
+        global batch and the raw generator's on the odd ones (mixed: the critic sees both)."""
+        against = self.p.auxiliary_against
+        with torch.no_grad():
+            if against != "mixed":
+                return self.generate(labels, draws, self.ema["generator"] if against == "ema" else None)
+            z = draws.randn(*self.data.sample_shape)
+            even = torch.arange(*draws.rows.indices(draws.size), device=z.device) % 2 == 0
+            out = torch.empty_like(z)
+            for rows, generator in ((even, self.ema["generator"]), (~even, self.networks["generator"])):
+                if rows.any():
+                    out[rows] = generator(z[rows], None if labels is None else labels[rows])
+            return out
+
     @abstractmethod
     def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The auxiliary network's loss on the rows of `draws` (fresh generated, and for DiffRatio real,

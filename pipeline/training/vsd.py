@@ -51,8 +51,7 @@ class VSDTraining(OneStepTraining):
 
     def auxiliary_loss(self, draws: Draws) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         _, labels = self.batch(draws)
-        with torch.no_grad():
-            x_fake = self.generate(labels, draws)
+        x_fake = self.auxiliary_samples(labels, draws)
         sigma = sample_noise_levels(draws, self.p.auxiliary_noise)
         loss = denoising_loss(self.run["fake_score"], x_fake, labels, sigma, draws.randn(*x_fake.shape[1:]),
                               self.teacher.sigma_data).mean()
