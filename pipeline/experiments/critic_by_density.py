@@ -25,15 +25,14 @@ from pipeline.artifacts import write_json
 from pipeline.config import load_params
 from pipeline.datasets.encoders import load_encoder, split_in_model_space
 from pipeline.datasets.prepared import TRAIN, load_prepared
-from pipeline.evaluation.draws import generated_set
 from pipeline.evaluation.metrics import TAIL, density_bins
-from pipeline.evaluation.reference import floor_sets, load_reference, reference_positions
+from pipeline.experiments.recall_by_density import fifths_table, per_row
+from pipeline.evaluation.reference import load_reference, reference_positions
 from pipeline.networks.generator import load_generator
 from pipeline.networks.ratio_net import load_ratio_net
 from pipeline.randomness import seed_torch
 from pipeline.runtime import pick_device
 from pipeline.training.diffratio import auc
-from stages.fid import ROWS, SampleRow
 
 
 def occupancy(real: np.ndarray, features: np.ndarray, share: np.ndarray, bins: int) -> list[float]:
@@ -76,17 +75,13 @@ def main() -> None:
     space = next(s for s in reference.spaces if s.extractor.name == reference.info["primary"])
     bins = round(1 / TAIL)
     share = density_bins(space.ref.real, e.nearest_k, bins)
-    prepared = load_prepared("data/prepared")
 
     def row_occupancy(sets) -> list[float]:
         features = np.concatenate([space.extractor.features(images, e.batch_size) for images in sets])
         return occupancy(space.ref.real, features, share, bins)
 
-    rows = {"real_floor": row_occupancy(images for images, _ in floor_sets("data/reference", prepared, e.set_size))}
-    for name in ROWS:
-        sampled = SampleRow(name)
-        rows[name] = row_occupancy(sampled.read(generated_set(k, e.set_size))[0] for k in range(e.num_sets))
-
+    rows = per_row(row_occupancy, e.set_size, e.num_sets)
+    prepared = load_prepared("data/prepared")
     encoder = load_encoder("data/encoded", device)
     real, labels = split_in_model_space(encoder, prepared, TRAIN, reference_positions(params, prepared.count(TRAIN)),
                                         e.batch_size, device)
@@ -94,22 +89,16 @@ def main() -> None:
     generator, _ = load_generator("data/train/generator_online", device)  # the generator the ratio net last saw
     labels = labels if config["score"]["num_classes"] > 0 else None
     seed_torch("critic_by_density", t.seed)
-    fake = torch.cat([generator(torch.randn_like(real[rows]), None if labels is None else labels[rows])
-                      for rows in (slice(s, s + e.batch_size) for s in range(0, len(real), e.batch_size))])
+    fake = torch.cat([generator(torch.randn_like(real[part]), None if labels is None else labels[part])
+                      for part in (slice(s, s + e.batch_size) for s in range(0, len(real), e.batch_size))])
     levels = np.geomspace(t.auxiliary_noise.sigma_min, t.auxiliary_noise.sigma_max, t.diagnostic_levels)
     critic = critic_by_bin(ratio.eval(), real, fake, labels, share, bins, levels, e.batch_size)
     write_json(args.out, {"space": space.extractor.name, "bins": bins, "order": "densest to sparsest",
                           "occupancy": rows, "critic": critic})
 
     console = Console()
-    table = Table(title=f"share of samples nearest each fifth of the real manifold ({space.extractor.name} space)")
-    table.add_column("row")
-    for b in range(bins):
-        table.add_column(f"fifth {b + 1}" + (" (densest)" if b == 0 else " (sparsest)" if b == bins - 1 else ""),
-                         justify="right")
-    for name, values in rows.items():
-        table.add_row(name, *(f"{v:.3f}" for v in values))
-    console.print(table)
+    console.print(fifths_table(f"share of samples nearest each fifth of the real manifold ({space.extractor.name} "
+                               "space)", rows, bins))
     table = Table(title="the ratio net on each fifth's training images: mean logit (AUC against generated samples)")
     table.add_column("sigma", justify="right")
     table.add_column("generated: mean logit", justify="right")

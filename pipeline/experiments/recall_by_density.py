@@ -11,6 +11,7 @@ fifth (recall_tail, the last column, is in the metric suite of every row).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,6 +28,28 @@ from pipeline.runtime import pick_device
 from stages.fid import ROWS, SampleRow
 
 
+def per_row(score: Callable[[Iterable[np.ndarray]], list[float]], set_size: int, num_sets: int) -> dict:
+    """{row: score(its sets of uint8 images)} for the real floor and every sampled row of the run."""
+    rows = {"real_floor": score(images for images, _ in floor_sets("data/reference", load_prepared("data/prepared"),
+                                                                   set_size))}
+    for name in ROWS:
+        sampled = SampleRow(name)
+        rows[name] = score(sampled.read(generated_set(k, set_size))[0] for k in range(num_sets))
+    return rows
+
+
+def fifths_table(title: str, rows: dict[str, list[float]], bins: int) -> Table:
+    """A row per sampled row, a column per share of the real manifold, densest first."""
+    table = Table(title=title)
+    table.add_column("row")
+    for b in range(bins):
+        table.add_column(f"fifth {b + 1}" + (" (densest)" if b == 0 else " (sparsest)" if b == bins - 1 else ""),
+                         justify="right")
+    for name, values in rows.items():
+        table.add_row(name, *(f"{v:.3f}" for v in values))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="metrics/recall_by_density.json")
@@ -41,21 +64,11 @@ def main() -> None:
         return np.mean([recall_by_density(space.ref.real, space.extractor.features(images, e.batch_size),
                                           e.nearest_k, bins) for images in sets], axis=0).tolist()
 
-    rows = {"real_floor": row_recall(images for images, _ in floor_sets("data/reference", load_prepared(
-        "data/prepared"), e.set_size))}
-    for name in ROWS:
-        sampled = SampleRow(name)
-        rows[name] = row_recall(sampled.read(generated_set(k, e.set_size))[0] for k in range(e.num_sets))
+    rows = per_row(row_recall, e.set_size, e.num_sets)
     write_json(args.out, {"space": space.extractor.name, "bins": bins, "order": "densest to sparsest",
                           "recall": rows})
-    table = Table(title=f"recall within each fifth of the real manifold ({space.extractor.name} space)")
-    table.add_column("row")
-    for b in range(bins):
-        table.add_column(f"fifth {b + 1}" + (" (densest)" if b == 0 else " (sparsest)" if b == bins - 1 else ""),
-                         justify="right")
-    for name, values in rows.items():
-        table.add_row(name, *(f"{v:.3f}" for v in values))
-    Console().print(table)
+    Console().print(fifths_table(f"recall within each fifth of the real manifold ({space.extractor.name} space)",
+                                 rows, bins))
 
 
 if __name__ == "__main__":
