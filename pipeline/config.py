@@ -150,6 +150,7 @@ class LoopParams(Section):
     # accumulate gradients over several passes (null: batch_size / processes, no accumulation)
     duration_images: int = Field(ge=1)
     lr_rampup_images: int = Field(ge=0)
+    lr_rampdown_images: int = Field(ge=0)  # the learning rate falls linearly to 0 over the last this many images
     ema_halflife_images: float = Field(ge=0)
     log_every_images: int = Field(ge=1)
     checkpoint_every_images: int = Field(ge=1)

@@ -8,10 +8,10 @@ from torch import nn
 
 from pipeline.artifacts import atomic_path
 from pipeline.config import LoopParams
-from pipeline.training.loop import run_training, update_ema
+from pipeline.training.loop import lr_factor, run_training, update_ema
 from tests.helpers import CPU
 
-LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=8 * 40, lr_rampup_images=80, ema_halflife_images=40,
+LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=8 * 40, lr_rampup_images=80, lr_rampdown_images=0, ema_halflife_images=40,
                   log_every_images=8 * 5, checkpoint_every_images=8 * 10)
 
 
@@ -107,3 +107,9 @@ def test_the_device_is_synchronised_at_log_points_only(tmp_path, monkeypatch):
     state, _ = train(task, tmp_path / "ckpt")
     assert syncs == [0, *range(5, 41, 5)]  # once before the first step, then at every log point (every 5 steps)
     assert len(state.curves) == 8 and all(row["step_seconds"] > 0 for row in state.curves)
+
+
+def test_the_learning_rate_ramps_up_and_down_linearly():
+    loop = LOOP.model_copy(update={"duration_images": 100, "lr_rampup_images": 20, "lr_rampdown_images": 40})
+    assert [lr_factor(i, loop) for i in (0, 10, 20, 60, 80, 100)] == [0.0, 0.5, 1.0, 1.0, 0.5, 0.0]
+    assert lr_factor(50, LOOP.model_copy(update={"lr_rampup_images": 0})) == 1.0  # neither ramp: the configured rate

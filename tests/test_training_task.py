@@ -16,7 +16,7 @@ from pipeline.training.pretraining import ScorePretraining
 from pipeline.training.task import TrainingTask, adam
 from tests.helpers import CPU, ROOT
 
-LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=24, lr_rampup_images=0,
+LOOP = LoopParams(batch_size=8, batch_per_process=None, duration_images=24, lr_rampup_images=0, lr_rampdown_images=0,
                   ema_halflife_images=0, log_every_images=8, checkpoint_every_images=1000)
 
 

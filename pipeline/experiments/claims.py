@@ -176,6 +176,11 @@ ABLATION = {
     # (critic_by_density), while the critic learns from the raw one: the critic judges the sampled (EMA) generator.
     "critic_on_ema": {"train.auxiliary_against": "ema"},
     "critic_on_both": {"train.auxiliary_against": "mixed"},
+    # The EMA pulls the samples of a generator that still moves toward the dense middle; both players' rates fall
+    # linearly to 0 over the last half (or quarter) of stage 2's 28,160 images, so that the raw generator stops
+    # where it is.
+    "lr_rampdown_half": {"train.lr_rampdown_images": 14080},
+    "lr_rampdown_quarter": {"train.lr_rampdown_images": 7040},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
 BASE = "diffratio"  # what the other variants are compared with, seed by seed, unless --base says otherwise

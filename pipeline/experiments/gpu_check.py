@@ -63,7 +63,8 @@ def preset_params(preset: str, pretrain_steps: int, train_steps: int) -> dict:
     for section, steps in (("pretrain", pretrain_steps), ("train", train_steps)):
         batch = params[section]["batch_size"]
         params[section].update({"duration_images": batch * steps, "log_every_images": batch,
-                                "checkpoint_every_images": batch * 1000, "lr_rampup_images": 0})
+                                "checkpoint_every_images": batch * 1000, "lr_rampup_images": 0,
+                                "lr_rampdown_images": 0})
     params["sample"]["batch_size"] = min(params["sample"]["batch_size"], 100)
     return params
 

@@ -143,11 +143,20 @@ def load_checkpoint(directory: Path, task: Task, run_id: str, runtime: Runtime) 
     return LoopState(meta["images"], meta["steps"], meta["skipped"], meta["curves"], meta["diagnostics"])
 
 
-def _set_lr(task: Task, images: int, rampup_images: int) -> None:
-    ramp = min(1.0, images / rampup_images) if rampup_images > 0 else 1.0
+def lr_factor(images: int, loop: LoopParams) -> float:
+    """The multiple of the configured learning rates at `images` images into training: a linear ramp from 0 over the
+    first lr_rampup_images, and a linear fall to 0 over the last lr_rampdown_images."""
+    up = min(1.0, images / loop.lr_rampup_images) if loop.lr_rampup_images > 0 else 1.0
+    down = (min(1.0, (loop.duration_images - images) / loop.lr_rampdown_images) if loop.lr_rampdown_images > 0
+            else 1.0)
+    return min(up, down)
+
+
+def _set_lr(task: Task, images: int, loop: LoopParams) -> None:
+    factor = lr_factor(images, loop)
     for opt in task.optimizers.values():
         for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * ramp
+            group["lr"] = group["base_lr"] * factor
 
 
 def _mean_over_processes(sums: dict[str, float], runtime: Runtime) -> dict[str, float]:
@@ -236,7 +245,7 @@ def _train(task: Task, loop: LoopParams, checkpoint_dir: Path, run_id: str, runt
     with progress_bar(runtime.main) as bar:
         bar_task = bar.add_task(description, total=loop.duration_images, completed=state.images, status="")
         while state.images < loop.duration_images:
-            _set_lr(task, state.images, loop.lr_rampup_images)
+            _set_lr(task, state.images, loop)
             logs = task.step(state.images)
             skipped += torch.as_tensor(logs.pop("skipped", 0), dtype=torch.float64, device=device)
             state.images += loop.batch_size
