@@ -182,7 +182,7 @@ ABLATION = {
     "lr_rampdown_half": {"train.lr_rampdown_images": 14080},
     "lr_rampdown_quarter": {"train.lr_rampdown_images": 7040},
     # The digits' target asks FD only to stay at most the teacher's (6.8, the default's is 1.6): the shorter EMA and
-    # the annealed rates, each of which traded a little FD for recall on tuning seeds 0-1, together.
+    # the annealed rates, each of which traded a little FD for recall on tuning seeds 0-1, together (defined, not run).
     "ema_short_rampdown_half": {"train.ema_halflife_images": 2500, "train.lr_rampdown_images": 14080},
 }
 EVERY = {**VARIANTS, **TUNING, **DURATION, **ABLATION}
