@@ -26,8 +26,8 @@ from pipeline.config import load_params
 from pipeline.datasets.encoders import load_encoder, split_in_model_space
 from pipeline.datasets.prepared import TRAIN, load_prepared
 from pipeline.evaluation.metrics import TAIL, density_bins
-from pipeline.experiments.recall_by_density import fifths_table, per_row
 from pipeline.evaluation.reference import load_reference, reference_positions
+from pipeline.experiments.recall_by_density import fifths_table, per_row
 from pipeline.networks.generator import load_generator
 from pipeline.networks.ratio_net import load_ratio_net
 from pipeline.randomness import seed_torch
@@ -80,8 +80,8 @@ def main() -> None:
         features = np.concatenate([space.extractor.features(images, e.batch_size) for images in sets])
         return occupancy(space.ref.real, features, share, bins)
 
-    rows = per_row(row_occupancy, e.set_size, e.num_sets)
     prepared = load_prepared("data/prepared")
+    rows = per_row(row_occupancy, prepared, e.set_size, e.num_sets)
     encoder = load_encoder("data/encoded", device)
     real, labels = split_in_model_space(encoder, prepared, TRAIN, reference_positions(params, prepared.count(TRAIN)),
                                         e.batch_size, device)

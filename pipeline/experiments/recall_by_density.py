@@ -20,7 +20,7 @@ from rich.table import Table
 
 from pipeline.artifacts import write_json
 from pipeline.config import load_params
-from pipeline.datasets.prepared import load_prepared
+from pipeline.datasets.prepared import PreparedData, load_prepared
 from pipeline.evaluation.draws import generated_set
 from pipeline.evaluation.metrics import TAIL, recall_by_density
 from pipeline.evaluation.reference import floor_sets, load_reference
@@ -28,10 +28,10 @@ from pipeline.runtime import pick_device
 from stages.fid import ROWS, SampleRow
 
 
-def per_row(score: Callable[[Iterable[np.ndarray]], list[float]], set_size: int, num_sets: int) -> dict:
-    """{row: score(its sets of uint8 images)} for the real floor and every sampled row of the run."""
-    rows = {"real_floor": score(images for images, _ in floor_sets("data/reference", load_prepared("data/prepared"),
-                                                                   set_size))}
+def per_row(score: Callable[[Iterable[np.ndarray]], list[float]], prepared: PreparedData, set_size: int,
+            num_sets: int) -> dict:
+    """{row: score(its sets of uint8 images)} for the real floor (from `prepared`) and every sampled row of the run."""
+    rows = {"real_floor": score(images for images, _ in floor_sets("data/reference", prepared, set_size))}
     for name in ROWS:
         sampled = SampleRow(name)
         rows[name] = score(sampled.read(generated_set(k, set_size))[0] for k in range(num_sets))
@@ -64,7 +64,7 @@ def main() -> None:
         return np.mean([recall_by_density(space.ref.real, space.extractor.features(images, e.batch_size),
                                           e.nearest_k, bins) for images in sets], axis=0).tolist()
 
-    rows = per_row(row_recall, e.set_size, e.num_sets)
+    rows = per_row(row_recall, load_prepared("data/prepared"), e.set_size, e.num_sets)
     write_json(args.out, {"space": space.extractor.name, "bins": bins, "order": "densest to sparsest",
                           "recall": rows})
     Console().print(fifths_table(f"recall within each fifth of the real manifold ({space.extractor.name} space)",
